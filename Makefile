@@ -1,0 +1,55 @@
+# Two commands do all setup: `make run` and `make test`. Both create .venv/ on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VENV_NP124 := .venv-np124
+PY := $(VENV)/bin/python
+PIP_FLAGS := --quiet --disable-pip-version-check
+RUN_DIR := .run
+
+.PHONY: run test lint typecheck unit test-np124 bench clean help
+
+help:
+	@echo "make run    - start the appliance on this machine (replay camera, mock GPIO, shipped model)"
+	@echo "make test   - lint, type checks and the whole test suite (numpy 2 and numpy 1.24)"
+	@echo "make bench  - print speed and memory figures (not a test)"
+
+$(VENV)/.installed: pyproject.toml constraints/dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade 'pip>=24'
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints/dev.txt -e '.[device,host,test]'
+	touch $@
+
+# The Pi's numpy (1.24) with the device stack alone: no TensorFlow, as on the Pi.
+$(VENV_NP124)/.installed: pyproject.toml constraints/np124.txt constraints/pi.txt
+	$(PYTHON) -m venv $(VENV_NP124)
+	$(VENV_NP124)/bin/python -m pip install $(PIP_FLAGS) --upgrade 'pip>=24'
+	$(VENV_NP124)/bin/python -m pip install $(PIP_FLAGS) -c constraints/np124.txt \
+		-e '.[device]' pytest pytest-timeout hypothesis
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/leukoscope demo-images $(RUN_DIR)/demo-images
+	$(VENV)/bin/leukoscope classify $(RUN_DIR)/demo-images
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check device tools tests
+	$(VENV)/bin/ruff format --check device tools tests
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy device tools
+
+unit: $(VENV)/.installed
+	$(VENV)/bin/pytest
+
+test-np124: $(VENV_NP124)/.installed
+	$(VENV_NP124)/bin/python -c 'import numpy; assert numpy.__version__.startswith("1.24"), numpy.__version__'
+	$(VENV_NP124)/bin/pytest -m "not host" -p no:cacheprovider
+
+test: lint typecheck unit test-np124
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/leukoscope bench
+
+clean:
+	rm -rf $(VENV) $(VENV_NP124) $(RUN_DIR) build *.egg-info

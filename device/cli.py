@@ -1,0 +1,132 @@
+"""The `leukoscope` command: classify images, benchmark, and (later) run the appliance."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from leukoscope import __version__
+from leukoscope.errors import LeukoscopeError
+
+logger = logging.getLogger(__name__)
+
+#: Where a bundle is looked for when neither --bundle nor LEUKOSCOPE_BUNDLE says.
+DEFAULT_BUNDLE_CANDIDATES = (Path("/var/lib/leukoscope/models/active"), Path("models/default"))
+
+
+def default_bundle() -> Path:
+    """--bundle's default: $LEUKOSCOPE_BUNDLE, the device's active bundle, or ./models/default."""
+    env = os.environ.get("LEUKOSCOPE_BUNDLE")
+    if env:
+        return Path(env)
+    for cand in DEFAULT_BUNDLE_CANDIDATES:
+        if cand.exists():
+            return cand
+    return DEFAULT_BUNDLE_CANDIDATES[-1]
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Classify image files and folders; one bad file does not stop the others."""
+    from leukoscope.bundle import load_bundle
+    from leukoscope.imageio import iter_image_paths
+
+    bundle = load_bundle(args.bundle, num_threads=args.threads)
+    m = bundle.manifest
+    failures = 0
+    paths = iter_image_paths(args.paths)
+    if not paths:
+        print("error: no image files found in the given paths", file=sys.stderr)
+        return 2
+    for path in paths:
+        t0 = time.perf_counter()
+        try:
+            rgb = bundle.load_for_model(path)
+            pred = bundle.predict(rgb)
+        except LeukoscopeError as exc:
+            failures += 1
+            if args.json:
+                print(json.dumps({"file": str(path), "error": str(exc)}), flush=True)
+            else:
+                print(f"{path}: error: {exc}", flush=True)
+            continue
+        ms = (time.perf_counter() - t0) * 1000
+        if args.json:
+            row = {
+                "file": str(path),
+                "verdict": pred.verdict.value,
+                "p_leukemia": round(pred.p_leukemia, 4),
+                "model": m.name,
+                "model_version": m.version,
+                "model_sha256": m.model_sha256,
+                "ms": round(ms, 1),
+            }
+            print(json.dumps(row), flush=True)
+        else:
+            print(
+                f"{path}: {pred.verdict.value} (p_leukemia {pred.p_leukemia:.3f}) "
+                f"[{m.name} {m.version}, {ms:.0f} ms]",
+                flush=True,
+            )
+    if failures:
+        print(f"{failures} of {len(paths)} file(s) could not be classified", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo_images(args: argparse.Namespace) -> int:
+    """Write synthetic smear fields for demos and the replay camera."""
+    from leukoscope.synthetic import write_demo_images
+
+    for path in write_demo_images(args.folder, args.count):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="leukoscope", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"leukoscope {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("classify", help="classify image files or folders")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--bundle", type=Path, default=None, help="model bundle folder")
+    p.add_argument("--threads", type=int, default=1, help="interpreter threads")
+    p.add_argument("--json", action="store_true", help="JSON Lines output")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("demo-images", help="write synthetic smear fields")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--count", type=int, default=6)
+    p.set_defaults(func=cmd_demo_images)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `leukoscope` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if getattr(args, "bundle", "unset") is None:
+        args.bundle = default_bundle()
+    try:
+        return int(args.func(args))
+    except LeukoscopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
