@@ -1,0 +1,45 @@
+"""Shared fixtures: the real data (when present), synthetic images, and model bundles."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("LEUKOSCOPE_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHIPPED_BUNDLE = REPO / "models" / "default"
+
+HAS_TF = importlib.util.find_spec("tensorflow") is not None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data; tests that use it skip (saying why) on a clone without it."""
+    if not (SHARED_DATA / "manifest.csv").is_file():
+        pytest.skip(f"real data not present at {SHARED_DATA} (CI has it)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def session_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid bundle: a tiny model the suite trains itself when TensorFlow is here,
+    else the shipped bundle (the numpy-1.24 environment has no TensorFlow, like the Pi)."""
+    if HAS_TF:
+        from tests.helpers import build_tiny_bundle
+
+        return build_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
+    if (SHIPPED_BUNDLE / "manifest.json").is_file():
+        return SHIPPED_BUNDLE
+    pytest.fail("no TensorFlow to build a test bundle and no shipped bundle in models/default")
+
+
+@pytest.fixture
+def bundle_copy(session_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the session bundle that a test may tamper with."""
+    dst = tmp_path / "bundle"
+    shutil.copytree(session_bundle, dst)
+    return dst

@@ -1,0 +1,60 @@
+"""Test helpers: a tiny bundle trained by the suite itself on synthetic smears."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from leukoscope.decision import Thresholds
+from leukoscope.preprocess import PreprocessParams, preprocess
+from leukoscope.synthetic import make_smear
+
+TINY_PARAMS = PreprocessParams(input_size=(64, 64))
+
+
+def synthetic_set(n: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n preprocessed synthetic fields, half with blasts, and their labels (1 = blasts)."""
+    xs, ys = [], []
+    for i in range(n):
+        label = i % 2
+        smear = make_smear(256, 192, n_wbc=2, n_blasts=4 * label, px_per_um=3.0, seed=seed + i)
+        xs.append(preprocess(smear.image, TINY_PARAMS))
+        ys.append(label)
+    return np.stack(xs), np.array(ys)
+
+
+def build_tiny_bundle(out: Path, *, seed: int = 0) -> Path:
+    """Train a very small CNN for a few steps on synthetic smears and bundle it as int8."""
+    import keras
+
+    from leukoscope_tools.export import to_int8_tflite, write_bundle
+
+    keras.utils.set_random_seed(seed)
+    x, y = synthetic_set(32, seed=seed)
+    model = keras.Sequential(
+        [
+            keras.Input((64, 64, 3)),
+            keras.layers.Conv2D(4, 5, strides=2, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.003), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=15, batch_size=8, verbose=0)
+    tflite = to_int8_tflite(model, list(x[:16]))
+    return write_bundle(
+        out,
+        tflite,
+        name="tiny-test",
+        version="0.0.1",
+        architecture="tiny-cnn",
+        labels=["normal", "leukemia"],
+        positive_label="leukemia",
+        params=TINY_PARAMS,
+        thresholds=Thresholds(0.4, 0.6),
+        training={"data": "synthetic smears made by tests/helpers.py", "seed": seed},
+        metrics={},
+    )

@@ -1,0 +1,176 @@
+"""From a trained Keras model to a verified int8 bundle: conversion, golden inputs, manifest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from leukoscope.bundle import (
+    FORMAT_VERSION,
+    MANIFEST,
+    MODEL_FILE,
+    GoldenCase,
+    load_bundle,
+    sha256_bytes,
+)
+from leukoscope.classifier import TFLiteClassifier
+from leukoscope.decision import Thresholds
+from leukoscope.imageio import load_image
+from leukoscope.preprocess import PreprocessParams, preprocess
+from leukoscope.synthetic import make_smear
+
+logger = logging.getLogger(__name__)
+
+#: How far a runtime may stray from the recorded golden output (probability units).
+GOLDEN_TOLERANCE = 0.02
+
+
+def to_int8_tflite(model: Any, representative: Iterable[np.ndarray]) -> bytes:
+    """Convert a Keras model to full-integer int8 TFLite with batch size 1.
+
+    Args:
+        model: an inference-only Keras 3 model (no Dropout: its state breaks calibration).
+        representative: preprocessed float inputs (h, w, c) from the training split.
+    """
+    import tensorflow as tf
+
+    shape = tuple(int(d) for d in model.input_shape[1:])
+    samples = [np.asarray(x, np.float32) for x in representative]
+    if not samples:
+        raise ValueError("the representative set is empty")
+
+    def rep() -> Any:
+        for x in samples:
+            yield [x[None, ...]]
+
+    with tempfile.TemporaryDirectory(prefix="leukoscope-export-") as saved:
+        # A SavedModel with a fixed batch of 1 is the path Keras 3 supports; a bare
+        # concrete function can leave variables unfrozen (READ_VARIABLE at calibration).
+        model.export(
+            saved,
+            format="tf_saved_model",
+            input_signature=[tf.TensorSpec((1, *shape), tf.float32)],
+            verbose=False,
+        )
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = rep
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+        return bytes(converter.convert())
+
+
+def golden_images(count: int = 4, *, seed: int = 7) -> dict[str, bytes]:
+    """Small synthetic fields (half with blasts) as PNG bytes, named golden/NN-kind.png."""
+    out = {}
+    for i in range(count):
+        blasts = 3 if i % 2 else 0
+        smear = make_smear(320, 240, n_wbc=2, n_blasts=blasts, px_per_um=3.0, seed=seed + i)
+        ok, png = cv2.imencode(".png", cv2.cvtColor(smear.image, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError("PNG encoding failed")
+        kind = "blasts" if blasts else "normal"
+        out[f"golden/{i:02d}-synthetic-{kind}.png"] = png.tobytes()
+    return out
+
+
+def _p_leukemia(
+    classifier: TFLiteClassifier, image: bytes, params: PreprocessParams, labels: list[str],
+    positive: str,
+) -> float:
+    out = classifier.predict(preprocess(load_image(image, min_size=params.resize), params))
+    if out.size == 1:
+        return float(out[0])
+    return float(out[labels.index(positive)])
+
+
+def write_bundle(
+    out_dir: Path,
+    tflite: bytes,
+    *,
+    name: str,
+    version: str,
+    architecture: str,
+    labels: list[str],
+    positive_label: str,
+    params: PreprocessParams,
+    thresholds: Thresholds,
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+    extra_files: dict[str, bytes] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a complete bundle to `out_dir`, verified by `load_bundle` before it appears.
+
+    The golden outputs are computed here, with the device's runtime, on synthetic inputs.
+    The bundle is assembled in a temporary sibling folder and renamed into place, so a
+    crash never leaves a half-written bundle at `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    files: dict[str, bytes] = {MODEL_FILE: tflite, **golden_images(), **(extra_files or {})}
+    classifier = TFLiteClassifier(tflite)
+    width, height = params.input_size
+    want = (1, height, width, 3)
+    if classifier.input_shape != want:
+        raise ValueError(f"model input {classifier.input_shape} != preprocess input {want}")
+    cases = [
+        GoldenCase(rel, round(_p_leukemia(classifier, data, params, labels, positive_label), 6))
+        for rel, data in files.items()
+        if rel.startswith("golden/")
+    ]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "version": version,
+        "architecture": architecture,
+        "analysis_mode": "whole-field",
+        "labels": labels,
+        "positive_label": positive_label,
+        "input": {"width": width, "height": height, "channels": 3},
+        "preprocess": params.to_json(),
+        "thresholds": {"low": thresholds.low, "high": thresholds.high},
+        "files": {rel: sha256_bytes(data) for rel, data in sorted(files.items())},
+        "golden": {
+            "tolerance": GOLDEN_TOLERANCE,
+            "cases": [{"file": c.file, "p_leukemia": c.p_leukemia} for c in cases],
+        },
+        "training": training,
+        "metrics": metrics,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for rel, data in files.items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        load_bundle(tmp)  # refuse to publish a bundle that would not load
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("wrote bundle %s (%s %s)", out_dir, name, version)
+    return out_dir
