@@ -36,8 +36,14 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check device tools tests
 	$(VENV)/bin/ruff format --check device tools tests
 
+# mypy needs the import names (leukoscope, leukoscope_tools), not the folder names.
 typecheck: $(VENV)/.installed
-	$(VENV)/bin/mypy device tools
+	rm -rf build/mypy && mkdir -p build/mypy
+	ln -s ../../device build/mypy/leukoscope
+	ln -s ../../tools build/mypy/leukoscope_tools
+	ln -s ../../tests build/mypy/tests
+	cd build/mypy && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
+		$$(find -L leukoscope leukoscope_tools tests -name '*.py' -not -path '*/__pycache__/*' | sort)
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/pytest

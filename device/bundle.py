@@ -109,7 +109,10 @@ class _Checker:
     def size(self, value: Any, path: str) -> tuple[int, int]:
         if not isinstance(value, list) or len(value) != 2:
             raise self.fail(path, f"must be [width, height], got {value!r}")
-        return (self.int_(value[0], f"{path}[0]", 8, 4096), self.int_(value[1], f"{path}[1]", 8, 4096))
+        return (
+            self.int_(value[0], f"{path}[0]", 8, 4096),
+            self.int_(value[1], f"{path}[1]", 8, 4096),
+        )
 
     def relpath(self, value: Any, path: str) -> str:
         text = self.str_(value, path)
@@ -157,7 +160,9 @@ def parse_manifest(raw: Any, where: str = MANIFEST) -> Manifest:
     top = c.obj(raw, "manifest", _TOP_KEYS)
     version = c.int_(top["format_version"], "format_version", 1, 1_000_000)
     if version != FORMAT_VERSION:
-        raise c.fail("format_version", f"{version} is not supported (this reader knows {FORMAT_VERSION})")
+        raise c.fail(
+            "format_version", f"{version} is not supported (this reader knows {FORMAT_VERSION})"
+        )
     name = c.str_(top["name"], "name", _NAME_RE)
     model_version = c.str_(top["version"], "version", _NAME_RE)
     arch = c.str_(top["architecture"], "architecture")
@@ -194,8 +199,12 @@ def parse_manifest(raw: Any, where: str = MANIFEST) -> Manifest:
         for i, row in enumerate(kernel_raw):
             if not (isinstance(row, list) and len(row) == 3):
                 raise c.fail(f"preprocess.sharpen_kernel[{i}]", f"must be 3 numbers, got {row!r}")
-            rows.append(tuple(c.num(v, f"preprocess.sharpen_kernel[{i}][{j}]", -100, 100)
-                              for j, v in enumerate(row)))
+            rows.append(
+                tuple(
+                    c.num(v, f"preprocess.sharpen_kernel[{i}][{j}]", -100, 100)
+                    for j, v in enumerate(row)
+                )
+            )
         kernel = tuple(rows)
     norm = c.obj(pre["normalization"], "preprocess.normalization", {"scale": True, "offset": True})
     params = PreprocessParams(
@@ -300,9 +309,7 @@ class Bundle:
         if out.size == 1:
             # A sigmoid model gives the positive class's probability alone.
             p = float(np.clip(out[0], 0.0, 1.0))
-            probs = {
-                lab: (p if lab == self.manifest.positive_label else 1.0 - p) for lab in labels
-            }
+            probs = {lab: (p if lab == self.manifest.positive_label else 1.0 - p) for lab in labels}
         else:
             probs = {lab: float(v) for lab, v in zip(labels, out, strict=True)}
             p = float(np.clip(probs[self.manifest.positive_label], 0.0, 1.0))
@@ -378,13 +385,14 @@ def load_bundle(root: Path, *, num_threads: int = 1) -> Bundle:
         )
     n_out = classifier.num_outputs
     if n_out not in (1, len(manifest.labels)):
-        raise BundleError(
-            f"{root}: model gives {n_out} outputs for {len(manifest.labels)} labels"
-        )
+        raise BundleError(f"{root}: model gives {n_out} outputs for {len(manifest.labels)} labels")
     bundle = Bundle(root, manifest, classifier)
     worst = golden_check(bundle, contents)
     logger.info(
         "loaded bundle %s (%s, sha256 %s..., golden within %.4f)",
-        bundle.label, classifier.runtime, manifest.model_sha256[:12], worst,
+        bundle.label,
+        classifier.runtime,
+        manifest.model_sha256[:12],
+        worst,
     )
     return bundle

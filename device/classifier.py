@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+
 import numpy as np
 
 from leukoscope.errors import BundleError

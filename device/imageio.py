@@ -94,12 +94,12 @@ def load_image(source: Source, *, min_size: tuple[int, int] | None = None) -> np
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
-            img = ImageOps.exif_transpose(img)
+            upright = ImageOps.exif_transpose(img)
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: decompression bomb refused ({exc})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{name}: truncated or corrupt image data ({exc})") from None
-    return _to_rgb8(img)
+    return _to_rgb8(upright)
 
 
 def _to_rgb8(img: Image.Image) -> np.ndarray:
@@ -144,9 +144,7 @@ def iter_image_paths(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
-            out.extend(
-                sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            )
+            out.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
         else:
             out.append(path)
     return out

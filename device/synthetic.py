@@ -99,9 +99,8 @@ def make_smear(
         else:
             _draw_white_cell(img, c, rng)
     img *= vignette[:, :, None]
-    img = cv2.GaussianBlur(img, (0, 0), 0.9)
-    img += rng.normal(0, 2.5, img.shape).astype(np.float32)
-    out = np.clip(img, 0, 255).astype(np.uint8)
+    blurred = cv2.GaussianBlur(img, (0, 0), 0.9) + rng.normal(0, 2.5, img.shape)
+    out = np.clip(blurred, 0, 255).astype(np.uint8)
     return SyntheticSmear(out, px_per_um, placed)
 
 

@@ -86,7 +86,10 @@ def golden_images(count: int = 4, *, seed: int = 7) -> dict[str, bytes]:
 
 
 def _p_leukemia(
-    classifier: TFLiteClassifier, image: bytes, params: PreprocessParams, labels: list[str],
+    classifier: TFLiteClassifier,
+    image: bytes,
+    params: PreprocessParams,
+    labels: list[str],
     positive: str,
 ) -> float:
     out = classifier.predict(preprocess(load_image(image, min_size=params.resize), params))
