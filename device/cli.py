@@ -87,6 +87,13 @@ def cmd_demo_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Print stage timings and peak memory for a 5-megapixel still."""
+    from leukoscope import bench
+
+    return bench.main(args.bundle, args.runs, args.report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="leukoscope", description=__doc__)
@@ -100,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="interpreter threads")
     p.add_argument("--json", action="store_true", help="JSON Lines output")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("bench", help="time decode, preprocess and inference (prints figures)")
+    p.add_argument("--bundle", type=Path, default=None, help="model bundle folder")
+    p.add_argument("--runs", type=int, default=30, help="runs per stage (median taken)")
+    p.add_argument("--report", type=Path, default=None, help="write a Markdown report here")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo-images", help="write synthetic smear fields")
     p.add_argument("folder", type=Path)

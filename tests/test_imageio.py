@@ -63,7 +63,7 @@ def test_exif_orientation_is_applied(smear: np.ndarray) -> None:
 
 def test_grey_becomes_rgb() -> None:
     grey = np.arange(48, dtype=np.uint8).reshape(6, 8)
-    out = load_image(_save(Image.fromarray(grey, "L"), "PNG"))
+    out = load_image(_save(Image.fromarray(grey), "PNG"))
     assert out.shape == (6, 8, 3)
     assert np.array_equal(out[:, :, 0], grey) and np.array_equal(out[:, :, 2], grey)
 
@@ -72,7 +72,7 @@ def test_alpha_is_composited_on_white() -> None:
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., 0] = 200  # red
     rgba[:2, :, 3] = 255  # top half opaque, bottom half transparent
-    out = load_image(_save(Image.fromarray(rgba, "RGBA"), "PNG"))
+    out = load_image(_save(Image.fromarray(rgba), "PNG"))
     assert out[0, 0].tolist() == [200, 0, 0]
     assert out[3, 0].tolist() == [255, 255, 255]
 

@@ -1,0 +1,23 @@
+"""The benchmark runs end to end and reports every stage (figures are not asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from leukoscope.cli import main
+
+
+def test_bench_writes_a_report_with_every_stage(session_bundle: Path, tmp_path: Path) -> None:
+    report = tmp_path / "bench.md"
+    assert (
+        main(["bench", "--bundle", str(session_bundle), "--runs", "2", "--report", str(report)])
+        == 0
+    )
+    result = json.loads(report.with_suffix(".json").read_text())
+    stages = result["stages_ms"]
+    assert {"preprocess", "inference, 1 thread", "inference, 2 threads"} <= set(stages)
+    assert all(v["median"] > 0 for v in stages.values())
+    assert result["full_size_filter_over_paper_order"] > 0
+    assert result["peak_rss_mib"] > 0
+    assert "| stage | median ms | p95 ms |" in report.read_text()
