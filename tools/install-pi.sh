@@ -1,0 +1,407 @@
+#!/usr/bin/env bash
+# Installs the Leukoscope appliance on Raspberry Pi OS Bookworm (Pi 4 or Pi 5), or
+# removes it again. Idempotent: a second run changes nothing that is already right.
+#
+#   sudo tools/install-pi.sh                 install (or update), enable, start, self-check
+#   tools/install-pi.sh --dry-run            print every step without doing any
+#   sudo tools/install-pi.sh --check         only the self-check
+#   sudo tools/install-pi.sh --uninstall     remove it; keep records and config
+#   sudo tools/install-pi.sh --uninstall --purge   also delete records, config and user
+#   tools/install-pi.sh --root DIR           test mode: write files under DIR, run no
+#                                            system command (apt, systemctl, ...), only list it
+set -euo pipefail
+
+# Where things go on the Pi (the unit in systemd/ names the same paths).
+PREFIX=/opt/leukoscope
+VENV=/opt/leukoscope/venv
+CONFIG=/etc/leukoscope/config.toml
+STATE=/var/lib/leukoscope
+INCOMING=/var/lib/leukoscope-incoming
+UNIT=/etc/systemd/system/leukoscope.service
+SYSUSERS=/etc/sysusers.d/leukoscope.conf
+TMPFILES=/etc/tmpfiles.d/leukoscope.conf
+SUDOERS=/etc/sudoers.d/leukoscope
+JOURNALD=/etc/systemd/journald.conf.d/leukoscope.conf
+BOOT_FRAGMENT=/boot/firmware/leukoscope.txt
+BOOT_CONFIG=/boot/firmware/config.txt
+BOOT_MARK="# Leukoscope camera settings (tools/install-pi.sh --uninstall removes these 3 lines)"
+SERVICE=leukoscope.service
+STATUS_URL=http://127.0.0.1:8080/
+APT_PACKAGES=(python3-picamera2 python3-lgpio python3-venv)
+
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=""
+DRY_RUN=0
+ACTION=install
+PURGE=0
+
+usage() {
+  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  exit "${1:-0}"
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY_RUN=1 ;;
+    --uninstall) ACTION=uninstall ;;
+    --check) ACTION=check ;;
+    --purge) PURGE=1 ;;
+    --root)
+      [ $# -ge 2 ] || { echo "--root needs a directory" >&2; exit 2; }
+      ROOT=$(cd "$2" && pwd) || exit 2
+      shift
+      ;;
+    --root=*) ROOT=$(cd "${1#--root=}" && pwd) || exit 2 ;;
+    -h | --help) usage 0 ;;
+    *) echo "unknown option: $1" >&2; usage 2 >&2 ;;
+  esac
+  shift
+done
+[ "$PURGE" -eq 0 ] || [ "$ACTION" = uninstall ] || { echo "--purge goes with --uninstall" >&2; exit 2; }
+[ "$ROOT" != / ] || { echo "--root / would be the real system: leave --root out" >&2; exit 2; }
+
+# --- output and the three ways of acting: real, --dry-run, --root ---------------------
+
+step() { printf '\n== %s\n' "$*"; }
+note() { printf '   %s\n' "$*"; }
+
+# run CMD...: a system command. Never runs under --root (it would act on this host,
+# not on DIR) nor with --dry-run; both print it instead.
+run() {
+  if [ "$DRY_RUN" -eq 1 ]; then
+    note "would run: $*"
+  elif [ -n "$ROOT" ]; then
+    note "skipped (--root): $*"
+  else
+    note "run: $*"
+    "$@"
+  fi
+}
+
+# put SRC DEST MODE: write a file if its content or mode differ. Sets CHANGED=1 when it
+# writes (or would). The new file is renamed into place, so a power cut leaves the old
+# or the new one, never half of one.
+put() {
+  local src=$1 dest=$ROOT$2 mode=$3
+  if [ -f "$dest" ] && cmp -s "$src" "$dest" && [ "$(stat -c %a "$dest")" = "$mode" ]; then
+    note "unchanged: $2"
+    return 0
+  fi
+  CHANGED=1
+  if [ "$DRY_RUN" -eq 1 ]; then
+    note "would write: $2 (mode $mode)"
+    return 0
+  fi
+  mkdir -p "$(dirname "$dest")"
+  install -m "$mode" "$src" "$dest.leukoscope-new"
+  sync -f "$dest.leukoscope-new" 2>/dev/null || true
+  mv -f "$dest.leukoscope-new" "$dest"
+  note "wrote: $2"
+}
+
+# keep SRC DEST MODE: like put, but never replaces a file that exists (the user's edits).
+keep() {
+  if [ -e "$ROOT$2" ]; then
+    note "kept (exists): $2"
+  else
+    put "$@"
+  fi
+}
+
+# remove PATH: delete a file or a directory tree if it exists.
+remove() {
+  local path=$ROOT$1
+  if [ ! -e "$path" ] && [ ! -L "$path" ]; then
+    note "absent: $1"
+  elif [ "$DRY_RUN" -eq 1 ]; then
+    note "would remove: $1"
+  else
+    rm -rf -- "$path"
+    note "removed: $1"
+  fi
+}
+
+# --- install steps ----------------------------------------------------------------------
+
+preflight() {
+  step "Preflight"
+  local missing=()
+  for f in systemd/leukoscope.service systemd/leukoscope.sysusers systemd/leukoscope.tmpfiles \
+    systemd/leukoscope.sudoers firmware_config/config.txt firmware_config/journald.conf \
+    device/configs/pi.toml constraints/pi.txt pyproject.toml; do
+    [ -f "$SRC/$f" ] || missing+=("$f")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-pi: not a complete Leukoscope checkout at $SRC (missing: ${missing[*]})" >&2
+    exit 1
+  fi
+  note "source: $SRC"
+  if [ -n "$ROOT" ]; then
+    note "test mode: files go under $ROOT; system commands are listed, not run"
+  elif [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ]; then
+    echo "install-pi: needs root; run it with sudo (or try --dry-run)" >&2
+    exit 1
+  fi
+  if [ -z "$ROOT" ] && [ -r /etc/os-release ]; then
+    local codename
+    # shellcheck source=/dev/null
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-unknown}")
+    [ "$codename" = bookworm ] || note "warning: made for Raspberry Pi OS Bookworm, this is $codename"
+  fi
+}
+
+missing_apt_packages() {
+  local pkg
+  for pkg in "${APT_PACKAGES[@]}"; do
+    # Under --root this host's dpkg says nothing about DIR: list them all.
+    if [ -n "$ROOT" ] || ! dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed'; then
+      echo "$pkg"
+    fi
+  done
+}
+
+install_packages() {
+  step "System packages: ${APT_PACKAGES[*]}"
+  local missing
+  mapfile -t missing < <(missing_apt_packages)
+  if [ ${#missing[@]} -eq 0 ]; then
+    note "all installed"
+    return 0
+  fi
+  # picamera2 without recommends: those pull in the desktop preview stack (Qt, OpenGL).
+  run apt-get update
+  run env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+install_user() {
+  step "System user leukoscope (groups video, gpio) and group leukoscope-maint"
+  put "$SRC/systemd/leukoscope.sysusers" "$SYSUSERS" 644
+  put "$SRC/systemd/leukoscope.tmpfiles" "$TMPFILES" 644
+  # Both are declarative and idempotent: they create what is missing, nothing else.
+  run systemd-sysusers "$SYSUSERS"
+  run systemd-tmpfiles --create "$TMPFILES"
+  step "Model maintainers: sudo rule for the model commands (as leukoscope, not root)"
+  put "$SRC/systemd/leukoscope.sudoers" "$SUDOERS" 440
+}
+
+install_venv() {
+  step "Python environment $VENV (with the system's picamera2, lgpio and numpy)"
+  if [ -x "$ROOT$VENV/bin/python" ]; then
+    note "exists: $VENV"
+  else
+    run python3 -m venv --system-site-packages "$VENV"
+  fi
+  # The constraints hold numpy below 2: the apt picamera2 is built against numpy 1.24.
+  local pip=("$VENV/bin/pip" install --disable-pip-version-check --quiet)
+  if [ "$DRY_RUN" -eq 1 ] || [ -n "$ROOT" ]; then
+    run "${pip[@]}" -c "$SRC/constraints/pi.txt" "${SRC}[device]"
+    return 0
+  fi
+  # Built from a copy so that pip's build files do not land, root-owned, in the checkout.
+  local copy
+  copy=$(mktemp -d)
+  tar -C "$SRC" --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude='*.egg-info' \
+    --exclude=./.run -cf - . | tar -C "$copy" -xf -
+  run "${pip[@]}" -c "$SRC/constraints/pi.txt" "${copy}[device]"
+  rm -rf -- "$copy"
+}
+
+install_config() {
+  step "Config $CONFIG (an existing one is kept)"
+  keep "$SRC/device/configs/pi.toml" "$CONFIG" 644
+}
+
+install_sd_card_settings() {
+  step "SD card: journal in RAM, capped (firmware_config/journald.conf)"
+  CHANGED=0
+  put "$SRC/firmware_config/journald.conf" "$JOURNALD" 644
+  [ "$CHANGED" -eq 0 ] || run systemctl restart systemd-journald
+}
+
+install_camera_settings() {
+  step "Camera firmware settings $BOOT_FRAGMENT"
+  if [ ! -f "$ROOT$BOOT_CONFIG" ]; then
+    note "no $BOOT_CONFIG here (not Raspberry Pi OS Bookworm?): camera settings skipped"
+    return 0
+  fi
+  keep "$SRC/firmware_config/config.txt" "$BOOT_FRAGMENT" 644
+  if grep -qxF "$BOOT_MARK" "$ROOT$BOOT_CONFIG"; then
+    note "unchanged: $BOOT_CONFIG includes leukoscope.txt"
+  elif [ "$DRY_RUN" -eq 1 ]; then
+    note "would append to $BOOT_CONFIG: [all] include leukoscope.txt"
+  else
+    printf '%s\n[all]\ninclude leukoscope.txt\n' "$BOOT_MARK" >>"$ROOT$BOOT_CONFIG"
+    note "appended to $BOOT_CONFIG: [all] include leukoscope.txt (takes effect at next boot)"
+  fi
+}
+
+install_service() {
+  step "Service $SERVICE: install, enable at boot, (re)start"
+  put "$SRC/systemd/leukoscope.service" "$UNIT" 644
+  run systemctl daemon-reload
+  run systemctl enable "$SERVICE"
+  # Always restart: the package was just reinstalled. With Type=notify this waits for
+  # READY=1 (camera, model and store up) or fails.
+  run systemctl restart "$SERVICE" || note "start failed: see the self-check below"
+}
+
+# --- self-check ------------------------------------------------------------------------
+
+FAILS=0
+ok() { printf '   ok    %s\n' "$*"; }
+bad() { printf '   FAIL  %s\n' "$*"; FAILS=$((FAILS + 1)); }
+skip() { printf '   skip  %s\n' "$*"; }
+
+check_file() {
+  if [ -f "$ROOT$1" ]; then ok "$1"; else bad "$1 missing"; fi
+}
+
+self_check() {
+  step "Self-check"
+  if [ "$DRY_RUN" -eq 1 ]; then
+    note "would check: the installed files, user and groups, config, numpy, camera, GPIO chips,"
+    note "the service running and the status page answering"
+    return 0
+  fi
+  local f
+  for f in "$UNIT" "$SYSUSERS" "$TMPFILES" "$SUDOERS" "$JOURNALD" "$CONFIG"; do
+    check_file "$f"
+  done
+  if [ -f "$ROOT$BOOT_CONFIG" ]; then
+    check_file "$BOOT_FRAGMENT"
+    if grep -qxF 'include leukoscope.txt' "$ROOT$BOOT_CONFIG"; then
+      ok "$BOOT_CONFIG includes leukoscope.txt"
+    else
+      bad "$BOOT_CONFIG does not include leukoscope.txt"
+    fi
+  fi
+  if [ -n "$ROOT" ]; then
+    skip "runtime checks (user, config, camera, GPIO, service, status page): not on a real install"
+    return 0
+  fi
+
+  if id -nG leukoscope 2>/dev/null | tr ' ' '\n' | grep -qx video \
+    && id -nG leukoscope | tr ' ' '\n' | grep -qx gpio; then
+    ok "user leukoscope in groups video and gpio"
+  else
+    bad "user leukoscope missing or not in groups video and gpio"
+  fi
+  if "$VENV/bin/leukoscope" check-config "$CONFIG" >/dev/null 2>&1; then
+    ok "config valid: $CONFIG"
+  else
+    bad "config invalid: run $VENV/bin/leukoscope check-config $CONFIG"
+  fi
+  if "$VENV/bin/python" -c 'import numpy, sys; sys.exit(int(numpy.__version__.split(".")[0]) >= 2)'; then
+    ok "numpy below 2 in the venv (matches the system's picamera2)"
+  else
+    bad "numpy 2 in $VENV: reinstall with -c constraints/pi.txt"
+  fi
+  local cams
+  if cams=$("$VENV/bin/python" -c 'from picamera2 import Picamera2; print(len(Picamera2.global_camera_info()))' 2>/dev/null) \
+    && [ "$cams" -ge 1 ]; then
+    ok "camera: $cams detected"
+  else
+    bad "camera: none detected (cable, $BOOT_FRAGMENT, then reboot; rpicam-hello --list-cameras)"
+  fi
+  if compgen -G '/dev/gpiochip*' >/dev/null; then
+    ok "GPIO chips present"
+  else
+    bad "no /dev/gpiochip*"
+  fi
+  if systemctl is-enabled --quiet "$SERVICE"; then ok "$SERVICE enabled at boot"; else bad "$SERVICE not enabled"; fi
+  if systemctl is-active --quiet "$SERVICE"; then
+    ok "$SERVICE running"
+  else
+    bad "$SERVICE not running; last log lines:"
+    journalctl -u "$SERVICE" -n 15 --no-pager 2>/dev/null | sed 's/^/         /' || true
+  fi
+  if "$VENV/bin/python" -c "import urllib.request as u; u.urlopen('$STATUS_URL', timeout=5)" 2>/dev/null; then
+    ok "status page answers at $STATUS_URL (from the LAN: http://$(hostname).local:8080/)"
+  else
+    bad "status page does not answer at $STATUS_URL"
+  fi
+}
+
+# --- uninstall --------------------------------------------------------------------------
+
+uninstall() {
+  step "Stop and disable $SERVICE"
+  if [ -e "$ROOT$UNIT" ]; then
+    run systemctl disable --now "$SERVICE"
+  else
+    note "not installed"
+  fi
+  step "Remove the installed files"
+  remove "$UNIT"
+  run systemctl daemon-reload
+  remove "$SUDOERS"
+  remove "$TMPFILES"
+  remove "$SYSUSERS"
+  CHANGED=0
+  if [ -e "$ROOT$JOURNALD" ]; then CHANGED=1; fi
+  remove "$JOURNALD"
+  [ "$CHANGED" -eq 0 ] || run systemctl restart systemd-journald
+  remove "$PREFIX"
+  remove "$BOOT_FRAGMENT"
+  if [ -f "$ROOT$BOOT_CONFIG" ] && grep -qxF "$BOOT_MARK" "$ROOT$BOOT_CONFIG"; then
+    if [ "$DRY_RUN" -eq 1 ]; then
+      note "would remove the include lines from $BOOT_CONFIG"
+    else
+      # The mark, "[all]" and the include line: the three lines install added.
+      sed -i "/^$(printf '%s' "$BOOT_MARK" | sed 's/[][\/.*^$]/\\&/g')\$/,/^include leukoscope\.txt\$/d" \
+        "$ROOT$BOOT_CONFIG"
+      note "removed the include lines from $BOOT_CONFIG"
+    fi
+  fi
+
+  if [ "$PURGE" -eq 1 ]; then
+    step "Purge: records, images, models, config and the user"
+    remove "$STATE"
+    remove "$INCOMING"
+    remove "$(dirname "$CONFIG")"
+    if [ -n "$ROOT" ] || [ "$DRY_RUN" -eq 1 ] || id leukoscope >/dev/null 2>&1; then
+      run userdel leukoscope
+    fi
+    if [ -n "$ROOT" ] || [ "$DRY_RUN" -eq 1 ] || getent group leukoscope-maint >/dev/null; then
+      run groupdel leukoscope-maint
+    fi
+  else
+    step "Kept (remove with --uninstall --purge)"
+    note "records and images: $STATE"
+    note "config: $CONFIG"
+    note "user leukoscope and group leukoscope-maint"
+  fi
+  note "apt packages (${APT_PACKAGES[*]}) stay installed: other software may use them"
+}
+
+# --- main -------------------------------------------------------------------------------
+
+case "$ACTION" in
+  install)
+    preflight
+    install_packages
+    install_user
+    install_venv
+    install_config
+    install_sd_card_settings
+    install_camera_settings
+    install_service
+    self_check
+    ;;
+  uninstall)
+    preflight
+    uninstall
+    ;;
+  check)
+    self_check
+    ;;
+esac
+
+if [ "$ACTION" != uninstall ]; then
+  if [ "$FAILS" -eq 0 ]; then
+    printf '\nAll checks passed.\n'
+  else
+    printf '\n%d check(s) failed; logs: journalctl -u %s -e\n' "$FAILS" "$SERVICE"
+    exit 1
+  fi
+fi
