@@ -8,6 +8,7 @@ set -euo pipefail
 declare -A NEEDS=(
   [shellcheck]=shellcheck
   [systemd-analyze]=systemd
+  [chromium]=chromium
   [visudo]=sudo
 )
 
