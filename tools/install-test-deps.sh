@@ -7,6 +7,9 @@ set -euo pipefail
 # command -> Debian package that provides it
 declare -A NEEDS=(
   [shellcheck]=shellcheck
+  [sshd]=openssh-server
+  [ssh]=openssh-client
+  [ssh-keygen]=openssh-client
   [systemd-analyze]=systemd
   [chromium]=chromium
   [visudo]=sudo
