@@ -1,0 +1,243 @@
+"""The `leukoscope-tools` command: dataset, train, quantize, bundle, evaluate, compare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from leukoscope.errors import LeukoscopeError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TABLE = Path(".run/split.csv")
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    """Index, find duplicates and overlaps, split by group, write the table."""
+    from leukoscope_tools.dataset import build_table, write_table
+
+    label_map = None
+    if args.label_map:
+        label_map = dict(item.split("=", 1) for item in args.label_map.split(","))
+    rows, summary = build_table(
+        args.root,
+        args.sources,
+        seed=args.seed,
+        label_map=label_map,
+        overlap_sources=args.overlap_sources,
+    )
+    write_table(rows, args.out)
+    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(
+        f"wrote {args.out}: {summary['images']} images in {summary['groups']} groups, "
+        f"{summary['exact_duplicates_dropped']} exact copies dropped, "
+        f"{len(summary['near_duplicate_pairs'])} near-duplicate and "
+        f"{len(summary['overlap_pairs'])} overlapping-field pairs grouped"
+    )
+    for split, counts in summary["counts"].items():
+        print(f"  {split}: {counts}")
+    return 0
+
+
+def _train_config(args: argparse.Namespace) -> object:
+    from leukoscope_tools.train import TrainConfig
+
+    return TrainConfig(
+        arch=args.arch,
+        seed=args.seed,
+        max_epochs=args.max_epochs,
+        patience=args.patience,
+        epoch_size=args.epoch_size,
+        train_sources=args.train_sources,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one network on the table's training split."""
+    from leukoscope_tools.dataset import read_table
+    from leukoscope_tools.train import TrainConfig, train_on_table
+
+    cfg = _train_config(args)
+    assert isinstance(cfg, TrainConfig)
+    result = train_on_table(read_table(args.table), args.data, cfg, args.out)
+    print(
+        f"{args.out}: best epoch {result.best_epoch}, validation AUC {result.best_val_auc}, "
+        f"{result.seconds:.0f} s"
+    )
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """Convert a run to int8 TFLite and check its agreement with the Keras model."""
+    from leukoscope_tools.dataset import read_table
+    from leukoscope_tools.quantize import quantize_run
+
+    report = quantize_run(
+        args.run, read_table(args.table), args.data, min_agreement=args.min_agreement
+    )
+    print(
+        f"{args.run}: int8 agrees with Keras on {report['agreement']:.2%} of "
+        f"{report['n']} test images; largest probability difference "
+        f"{report['max_abs_diff']:.4f}; {report['bytes']} bytes"
+    )
+    return 0 if report["agreement"] >= args.min_agreement else 1
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    """Choose thresholds on validation, evaluate, write figures, report, card and bundle."""
+    from leukoscope_tools.dataset import read_table
+    from leukoscope_tools.report import make_bundle
+
+    out = make_bundle(
+        args.run,
+        read_table(args.table),
+        args.data,
+        args.out,
+        cross_runs=args.cross,
+        version=args.version,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Re-evaluate a bundle on its recorded test split and compare with its manifest."""
+    from leukoscope_tools.evaluate import reevaluate_bundle
+
+    diffs = reevaluate_bundle(args.bundle, args.data)
+    if diffs:
+        for line in diffs:
+            print(f"MISMATCH {line}")
+        return 1
+    print(f"{args.bundle}: re-evaluation matches the manifest's metrics")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The three architectures and several seeds on one split, plus the paper's protocol."""
+    from leukoscope_tools.compare import run_compare
+    from leukoscope_tools.dataset import read_table
+
+    path = run_compare(
+        read_table(args.table),
+        args.data,
+        args.out,
+        seeds=args.seeds,
+        archs=args.archs,
+        max_epochs=args.max_epochs,
+        epoch_size=args.epoch_size,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-epochs", type=int, default=15)
+    p.add_argument("--patience", type=int, default=4)
+    p.add_argument(
+        "--epoch-size", type=int, default=1024, help="training images drawn per epoch (0: all)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="leukoscope-tools", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("dataset", help="index folders and write a group-disjoint split")
+    p.add_argument("root", type=Path, help="data root holding one folder per source")
+    p.add_argument(
+        "--sources",
+        nargs="+",
+        default=["kaggle-all", "all-idb1"],
+        help="source folders (ALL-IDB2 cell crops and unlabelled BCCD stay out)",
+    )
+    p.add_argument(
+        "--overlap-sources",
+        nargs="*",
+        default=["all-idb1"],
+        help="sources whose fields are feature-matched for overlaps",
+    )
+    p.add_argument("--label-map", default="", help="folder=label,... (default: built in)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=DEFAULT_TABLE)
+    p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("train", help="train one network")
+    p.add_argument("--table", type=Path, default=DEFAULT_TABLE)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--arch", choices=["basic-cnn", "alexnet", "thanh"], default="thanh")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--train-sources",
+        nargs="+",
+        default=None,
+        help="train and validate on these sources only (cross-source runs)",
+    )
+    p.add_argument("--out", type=Path, required=True)
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("quantize", help="int8 TFLite of a run, with a parity check")
+    p.add_argument("run", type=Path)
+    p.add_argument("--table", type=Path, default=DEFAULT_TABLE)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--min-agreement", type=float, default=0.99)
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("bundle", help="evaluate a quantized run and write its bundle")
+    p.add_argument("run", type=Path)
+    p.add_argument("--table", type=Path, default=DEFAULT_TABLE)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument(
+        "--cross",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="cross-source runs (trained without a source) to report",
+    )
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("evaluate", help="re-evaluate a bundle on its recorded test split")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("data", type=Path)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="architectures, seeds and the paper's protocol")
+    p.add_argument("--table", type=Path, default=DEFAULT_TABLE)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--archs", nargs="+", default=["thanh", "basic-cnn", "alexnet"])
+    p.add_argument("--seeds", type=int, default=3, help="seeds for the first architecture")
+    p.add_argument("--max-epochs", type=int, default=15)
+    p.add_argument("--epoch-size", type=int, default=1024)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `leukoscope-tools` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except (LeukoscopeError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
