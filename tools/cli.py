@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import sys
@@ -142,6 +143,39 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_sign(args: argparse.Namespace) -> int:
+    """Sign a bundle's manifest with an SSH key (manifest.json.sig)."""
+    from leukoscope_tools.sign import allowed_signers_line, fingerprint, sign_bundle
+
+    sig = sign_bundle(args.bundle, args.key)
+    print(f"signed {args.bundle} with {fingerprint(args.key)}: {sig}")
+    print("a Pi trusts this key with this line in its allowed_signers file:")
+    print(f"  {allowed_signers_line(args.key, args.principal)}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Copy a bundle to Pis over SSH and install it there; non-zero if any host failed."""
+    from leukoscope_tools.push import DEFAULT_INCOMING, DEFAULT_REMOTE, SshOptions, push
+
+    ssh = SshOptions(
+        port=args.port,
+        identity=args.identity,
+        options=tuple(args.ssh_option),
+        limit_kbps=args.limit_kbps,
+    )
+    results = push(
+        args.bundle, args.hosts, ssh=ssh, activate=args.activate,
+        incoming=args.incoming or DEFAULT_INCOMING, remote=args.remote_leukoscope or DEFAULT_REMOTE,
+    )  # fmt: skip
+    for r in results:
+        print(f"{r.host}: {'ok' if r.ok else 'FAILED'}: {r.message}", flush=True)
+    failed = sum(not r.ok for r in results)
+    if failed:
+        print(f"{failed} of {len(results)} host(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="leukoscope-tools", description=__doc__)
@@ -218,6 +252,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch-size", type=int, default=1024)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sign", help="sign a bundle with your SSH key (for the Pis to check)")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--key", type=Path, default=Path("~/.ssh/id_ed25519"), help="private key")
+    p.add_argument("--principal", default=getpass.getuser(), help="name in allowed_signers")
+    p.set_defaults(func=cmd_sign)
+
+    p = sub.add_parser("push", help="send a bundle to Pis over SSH and install it")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("hosts", nargs="+", metavar="HOST", help="[user@]host, as for ssh")
+    p.add_argument("--activate", action="store_true", help="make it the running model")
+    p.add_argument("-p", "--port", type=int, default=None, help="SSH port")
+    p.add_argument("-i", "--identity", type=Path, default=None, help="SSH identity file")
+    p.add_argument(
+        "-o", "--ssh-option", action="append", default=[], metavar="OPT",
+        help="an ssh -o option, e.g. StrictHostKeyChecking=yes (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--limit-kbps", type=int, default=None, help="upload limit (Kbit/s)")
+    p.add_argument(
+        "--incoming", default=None, help="upload folder on the Pi (/var/lib/leukoscope-incoming)"
+    )
+    p.add_argument(
+        "--remote-leukoscope", default=None, metavar="CMD",
+        help="how the Pi runs `leukoscope` (default: as user leukoscope through sudo -n)",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_push)
     return parser
 
 
