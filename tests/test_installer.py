@@ -148,6 +148,13 @@ def test_dry_run_prints_the_full_plan_and_writes_nothing(
         "would append to /boot/firmware/config.txt: [all] include leukoscope.txt",
         "Self-check",
     ] + [f"would write: /{path} (mode {mode:o})" for path, (_, mode) in INSTALLED.items()]
+    if (source / "models" / "default" / "manifest.json").is_file():
+        plan.append(
+            "would run: runuser -u leukoscope -- /opt/leukoscope/venv/bin/leukoscope model "
+            f"--config /etc/leukoscope/config.toml install --activate {source}/models/default"
+        )
+    else:
+        plan.append(f"warning: no shipped bundle at {source}/models/default")
     missing = [line for line in plan if line not in out]
     assert missing == [], out
     steps = ("apt-get install", "systemd-sysusers", "python3 -m venv", "systemctl enable")

@@ -151,7 +151,7 @@ def read_db(path: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="systemd-tmpfiles needs root to chown (CI is root)")
-def test_sysusers_and_tmpfiles_create_the_user_groups_and_incoming_dir(tmp_path: Path) -> None:
+def test_sysusers_and_tmpfiles_create_the_user_groups_and_directories(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "etc" / "sysusers.d").mkdir(parents=True)
     (root / "etc" / "tmpfiles.d").mkdir(parents=True)
@@ -173,6 +173,12 @@ def test_sysusers_and_tmpfiles_create_the_user_groups_and_incoming_dir(tmp_path:
     assert "leukoscope" in groups["gpio"][3].split(",")
     assert groups["leukoscope-maint"][3] == ""  # maintainers are added by hand
 
+    state = (root / "var" / "lib" / "leukoscope").stat()
+    assert oct(state.st_mode & 0o7777) == "0o750"
+    assert (state.st_uid, state.st_gid) == (
+        int(passwd["leukoscope"][2]),
+        int(passwd["leukoscope"][3]),
+    )
     incoming = (root / "var" / "lib" / "leukoscope-incoming").stat()
     assert oct(incoming.st_mode & 0o7777) == "0o2775"
     assert incoming.st_uid == int(passwd["leukoscope"][2])

@@ -211,6 +211,34 @@ install_config() {
   keep "$SRC/device/configs/pi.toml" "$CONFIG" 644
 }
 
+install_model() {
+  step "Model: the shipped bundle models/default, unless a model is already active"
+  local bundle=$SRC/models/default active=$STATE/models/active
+  if [ -e "$ROOT$active" ] || [ -L "$ROOT$active" ]; then
+    note "kept (exists): $active (update models with leukoscope-tools push)"
+    return 0
+  fi
+  if [ ! -f "$bundle/manifest.json" ]; then
+    note "warning: no shipped bundle at $bundle; the service will show the model fault"
+    note "until one is installed: leukoscope-tools push BUNDLE HOST --activate"
+    return 0
+  fi
+  # As the appliance user, through the model store (checked, then switched atomically).
+  local cmd=(runuser -u leukoscope -- "$VENV/bin/leukoscope" model --config "$CONFIG" install
+    --activate)
+  if [ "$DRY_RUN" -eq 1 ] || [ -n "$ROOT" ]; then
+    run "${cmd[@]}" "$bundle"
+    return 0
+  fi
+  # That user cannot read a checkout in a private home directory: hand it a copy.
+  local copy
+  copy=$(mktemp -d "$INCOMING/.shipped.XXXXXX")
+  cp -R "$bundle/." "$copy/"
+  chmod -R a+rX "$copy"
+  run "${cmd[@]}" "$copy" || note "model install failed (above); the service will show the model fault"
+  rm -rf -- "$copy"
+}
+
 install_sd_card_settings() {
   step "SD card: journal in RAM, capped (firmware_config/journald.conf)"
   CHANGED=0
@@ -259,7 +287,7 @@ check_file() {
 self_check() {
   step "Self-check"
   if [ "$DRY_RUN" -eq 1 ]; then
-    note "would check: the installed files, user and groups, config, numpy, camera, GPIO chips,"
+    note "would check: the installed files, user and groups, config, numpy, model, camera, GPIO,"
     note "the service running and the status page answering"
     return 0
   fi
@@ -295,6 +323,11 @@ self_check() {
     ok "numpy below 2 in the venv (matches the system's picamera2)"
   else
     bad "numpy 2 in $VENV: reinstall with -c constraints/pi.txt"
+  fi
+  if [ -e "$STATE/models/active/manifest.json" ]; then
+    ok "model: $(readlink "$STATE/models/active")"
+  else
+    bad "model: none active in $STATE/models (leukoscope-tools push BUNDLE HOST --activate)"
   fi
   local cams
   if cams=$("$VENV/bin/python" -c 'from picamera2 import Picamera2; print(len(Picamera2.global_camera_info()))' 2>/dev/null) \
@@ -383,6 +416,7 @@ case "$ACTION" in
     install_user
     install_venv
     install_config
+    install_model
     install_sd_card_settings
     install_camera_settings
     install_service
