@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 RUN_DIR := .run
 
-.PHONY: run test lint typecheck unit test-np124 bench clean help
+.PHONY: run test lint typecheck unit test-np124 bench clean help system-deps
 
 help:
 	@echo "make run    - start the appliance on this machine (replay camera, mock GPIO, shipped model)"
@@ -45,7 +45,11 @@ typecheck: $(VENV)/.installed
 	cd build/mypy && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
 		$$(find -L leukoscope leukoscope_tools tests -name '*.py' -not -path '*/__pycache__/*' | sort)
 
-unit: $(VENV)/.installed
+# Debian packages the tests drive (shellcheck, chromium, sshd, ...); installs as root.
+system-deps:
+	bash tools/install-test-deps.sh
+
+unit: $(VENV)/.installed system-deps
 	$(VENV)/bin/pytest
 
 # The same tiny int8 bundle, built with TensorFlow under numpy 2, must load, pass its
