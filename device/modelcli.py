@@ -87,7 +87,7 @@ def cmd_list(store: Any, as_json: bool) -> int:
         signer = f"  signed by {v.signer}" if v.signer else ""
         print(
             f"  {mark}  {v.id}  ({v.name} {v.version}, sha256 {_short(v.model_sha256)}, "
-            f"installed {v.installed_at or '?'}{signer})"
+            f"installed {v.installed_at[:19] or '?'}{signer})"
         )
     if running is None:
         print("daemon: not running (or its control socket does not answer)")

@@ -57,8 +57,11 @@ RELOAD_METHODS = ("signal", "systemctl", "none")
 #: damages the new model right after the switch, as a failing SD card would, so the
 #: daemon's own check refuses it. Never set in production.
 FAULT_ENV = "LEUKOSCOPE_TEST_FAULT"
-#: The points an install or activate may be killed at, in order.
-STEPS = ("copy", "verify", "commit", "link", "switch", "reload", "prune")
+#: The points an install may be killed at, in order: half the files copied; checked but
+#: not yet in versions/; in versions/; `previous` updated; the new `active` link made
+#: under its temporary name; `active` switched, daemon not yet confirmed; an old version
+#: moved to the trash, not yet deleted.
+STEPS = ("copy", "verify", "commit", "switch", "link", "reload", "prune")
 
 Reporter = Callable[[str], None]
 #: struct ucred: pid, uid, gid.
@@ -474,7 +477,7 @@ class ModelStore:
                 raise BundleError(str(exc).replace(str(tmp), str(src))) from None
             report(f"verified {bundle.label}: hashes, input size and golden outputs ok")
             record = {
-                "installed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "installed_at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
                 "signer": signer,
                 "source": str(src),
             }
@@ -514,7 +517,9 @@ class ModelStore:
             version = self.find(ident)
             self.check_signature(version.path)
             load_bundle(version.path)
-            return self._switch(version, report)
+            version = self._switch(version, report)
+            self._prune(report)
+            return version
 
     def rollback(self, *, report: Reporter) -> Version:
         """Go back to the previous version (the current one becomes `previous`)."""
@@ -524,15 +529,24 @@ class ModelStore:
 
     def _switch(self, version: Version, report: Reporter) -> Version:
         old_active, old_previous = self.link(ACTIVE), self.link(PREVIOUS)
+        status = self.daemon.status()
         if old_active == version.id:
             report(f"{version.id} is already active")
+            running = ((status or {}).get("model") or {}).get("sha256")
+            if status is not None and running != version.model_sha256:
+                # A switch whose reload never happened (the command was killed): finish it.
+                why = self._reload(version, status, report)
+                if why is not None:
+                    raise ModelStoreError(
+                        f"{why}; `leukoscope model rollback` returns to {old_previous}"
+                    )
             return self._describe(version.path, version.id, old_previous)
-        status = self.daemon.status()
         if old_active is not None:
             self._set_link(PREVIOUS, old_active)
         _fault("switch")
         self._set_link(ACTIVE, version.id)
         report(f"switched active model to {version.id}")
+        _fault("reload")
         if os.environ.get(FAULT_ENV) == "corrupt-after-switch":
             with (version.path / "model.tflite").open("r+b") as f:
                 f.truncate(64)
@@ -561,7 +575,6 @@ class ModelStore:
             self.daemon.reload(status)
         except ModelStoreError as exc:
             return str(exc)
-        _fault("reload")
         report(f"asked the daemon to reload; waiting up to {self.settings.reload_timeout_s:.0f} s")
         why = self.daemon.wait_for(version.model_sha256, status)
         if why is None:
@@ -569,10 +582,17 @@ class ModelStore:
         return why
 
     def _prune(self, report: Reporter) -> None:
-        """Delete the oldest versions beyond `keep`; never the active or previous one."""
+        """Keep `keep` versions, newest first; never delete the active, previous or newest."""
         versions = self.list()
-        extra = [v for v in versions[self.settings.keep :] if not (v.active or v.previous)]
-        for v in extra:
+        kept = [v for i, v in enumerate(versions) if v.active or v.previous or i == 0]
+        for v in versions:
+            if len(kept) >= self.settings.keep:
+                break
+            if v not in kept:
+                kept.append(v)
+        for v in versions:
+            if v in kept:
+                continue
             trash = self.versions / f".trash-{v.id}"
             os.rename(v.path, trash)
             _fsync_dir(self.versions)
