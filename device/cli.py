@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from leukoscope import __version__
+from leukoscope import __version__, appcli
 from leukoscope.errors import LeukoscopeError
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     """Classify image files and folders; one bad file does not stop the others."""
     from leukoscope.bundle import load_bundle
     from leukoscope.imageio import iter_image_paths
+    from leukoscope.pipeline import analyse
 
     bundle = load_bundle(args.bundle, num_threads=args.threads)
     m = bundle.manifest
@@ -46,7 +47,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             rgb = bundle.load_for_model(path)
-            pred = bundle.predict(rgb)
+            pred = analyse(rgb, bundle, None, gate=not args.no_quality_gate)
         except LeukoscopeError as exc:
             failures += 1
             if args.json:
@@ -59,7 +60,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
             row = {
                 "file": str(path),
                 "verdict": pred.verdict.value,
-                "p_leukemia": round(pred.p_leukemia, 4),
+                "p_leukemia": None if pred.p_leukemia is None else round(pred.p_leukemia, 4),
+                "retake_reasons": pred.retake_reasons,
                 "model": m.name,
                 "model_version": m.version,
                 "model_sha256": m.model_sha256,
@@ -67,9 +69,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
             }
             print(json.dumps(row), flush=True)
         else:
+            detail = (
+                ", ".join(pred.retake_reasons)
+                if pred.p_leukemia is None
+                else f"p_leukemia {pred.p_leukemia:.3f}"
+            )
             print(
-                f"{path}: {pred.verdict.value} (p_leukemia {pred.p_leukemia:.3f}) "
-                f"[{m.name} {m.version}, {ms:.0f} ms]",
+                f"{path}: {pred.verdict.value} ({detail}) [{m.name} {m.version}, {ms:.0f} ms]",
                 flush=True,
             )
     if failures:
@@ -106,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", type=Path, default=None, help="model bundle folder")
     p.add_argument("--threads", type=int, default=1, help="interpreter threads")
     p.add_argument("--json", action="store_true", help="JSON Lines output")
+    p.add_argument(
+        "--no-quality-gate", action="store_true", help="classify even photos the gate refuses"
+    )
     p.set_defaults(func=cmd_classify)
+
+    appcli.add_subcommands(sub)
 
     p = sub.add_parser("bench", help="time decode, preprocess and inference (prints figures)")
     p.add_argument("--bundle", type=Path, default=None, help="model bundle folder")

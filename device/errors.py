@@ -27,3 +27,7 @@ class CameraError(LeukoscopeError, OSError):
 
 class StoreError(LeukoscopeError, OSError):
     """The record store cannot write (disk full, read-only, corrupt)."""
+
+
+class GpioError(LeukoscopeError, OSError):
+    """A GPIO pin factory or pin cannot be used (no lgpio, pin busy, bad pin)."""
