@@ -53,6 +53,7 @@ def make_smear(
     rbc_density: float = 0.45,
     px_per_um: float = 4.0,
     seed: int = 0,
+    n_touching_pairs: int = 0,
 ) -> SyntheticSmear:
     """Draw one stained-smear field.
 
@@ -63,6 +64,8 @@ def make_smear(
         rbc_density: fraction of the field covered by red cells.
         px_per_um: scale; a red cell is 7.5 micrometres across.
         seed: the random seed; the same seed gives the same image.
+        n_touching_pairs: extra pairs of blasts whose outlines touch (as in clumps),
+            drawn after the other white cells; 0 leaves the image as before.
     """
     rng = np.random.default_rng(seed)
     bg = np.array([236, 222, 226], np.float32) + rng.normal(0, 3, 3).astype(np.float32)
@@ -83,6 +86,20 @@ def make_smear(
                 if _free(placed, x, y, r, 1.05):
                     placed.append(Cell(float(x), float(y), float(r), kind))
                     break
+    for _ in range(n_touching_pairs):
+        r1, r2 = r_rbc * rng.uniform(1.6, 2.1, 2)
+        for _try in range(200):
+            x = rng.uniform(r1 + 2, width - r1 - 2)
+            y = rng.uniform(r1 + 2, height - r1 - 2)
+            a = rng.uniform(0, 2 * np.pi)
+            # Cell outlines overlap slightly; nuclei (0.8-0.88 of the radius) do not.
+            d = (r1 + r2) * 0.95
+            x2, y2 = x + d * np.cos(a), y + d * np.sin(a)
+            inside = r2 + 2 <= x2 <= width - r2 - 2 and r2 + 2 <= y2 <= height - r2 - 2
+            if inside and _free(placed, x, y, r1, 1.05) and _free(placed, x2, y2, r2, 1.05):
+                placed.append(Cell(float(x), float(y), float(r1), "blast"))
+                placed.append(Cell(float(x2), float(y2), float(r2), "blast"))
+                break
     n_rbc = int(rbc_density * width * height / (np.pi * r_rbc**2))
     for _ in range(n_rbc):
         r = r_rbc * rng.uniform(0.9, 1.1)

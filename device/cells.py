@@ -1,0 +1,405 @@
+"""White cells in a smear photo: colour normalisation, scale from red cells, nuclei, crops.
+
+The pipeline, each step a pure function of numpy arrays (OpenCV only, no TensorFlow):
+
+1. `optical_density()`: divide by the field's background colour (white balance), then
+   take -log, so stain and lamp differences become differences of scale, not of hue.
+2. `estimate_scale()`: pixels per micrometre from the diameter of isolated red cells
+   (about 7.5 um in any smear), so every later size is in physical units.
+3. `detect_white_cells()`: purple nuclei (they absorb green and pass blue; red cells
+   absorb both), split where they touch (distance transform + watershed), kept by size.
+4. `crop_cells()`: a square of the same physical size around each nucleus, resized to
+   the classifier's input, whatever the microscope's magnification.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from leukoscope.errors import ImageError
+
+logger = logging.getLogger(__name__)
+
+#: A red cell's diameter in micrometres: the ruler every field carries.
+RBC_DIAMETER_UM = 7.5
+#: Detection runs at this scale (a red cell is 15 px across): cheap, and the same
+#: kernels in pixels for every microscope.
+DETECT_PX_PER_UM = 2.0
+#: Scale estimation runs on a copy no larger than this on its long side.
+SCALE_MAX_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    """Detection thresholds; defaults chosen on the tuning slides (models/reports)."""
+
+    #: Minimum "purple" optical density (OD green - OD blue) of a nucleus pixel.
+    purple_min: float = 0.35
+    #: Smallest nucleus kept (um^2); platelets are 2-3 um across (< 8 um^2).
+    min_area_um2: float = 8.0
+    #: Largest single nucleus (um^2); bigger segments are kept but flagged as clumps.
+    max_area_um2: float = 400.0
+    #: Pieces too small for a nucleus this close (um) are one cell's lobes.
+    lobe_gap_um: float = 2.0
+    #: Gaps closed inside one nucleus (lobes of a neutrophil, pale chromatin), um.
+    close_um: float = 1.0
+    #: A touching neighbour becomes its own cell when its core is at least this
+    #: radius (um) deep: blast and lymphocyte nuclei are >= 3 um, neutrophil lobes less.
+    split_min_radius_um: float = 2.5
+    #: Two cores closer than this (um) are one nucleus.
+    split_min_distance_um: float = 5.0
+    #: A core is stain above this fraction of the strongest stain nearby.
+    core_fraction: float = 0.6
+
+
+DEFAULT_PARAMS = DetectParams()
+
+
+@dataclass(frozen=True)
+class ScaleEstimate:
+    """Pixels per micrometre of the input image, and how it was found."""
+
+    px_per_um: float
+    n_red_cells: int  # isolated red cells measured; 0 when the value was given or a default
+    source: str  # "red-cells", "given" or "default"
+
+
+@dataclass(frozen=True)
+class WhiteCell:
+    """One detected white-cell nucleus, in the input image's pixel coordinates."""
+
+    x: float
+    y: float
+    area_um2: float
+    radius_px: float  # radius of a disc of the nucleus's area
+    clump: bool = False  # larger than any single nucleus: maybe several unsplit cells
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The white cells of one field and the scale they were measured at."""
+
+    cells: list[WhiteCell]
+    scale: ScaleEstimate
+    background_rgb: tuple[float, float, float]
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ImageError(f"need an HxWx3 RGB image, got {getattr(rgb, 'shape', type(rgb))}")
+    if rgb.dtype != np.uint8:
+        raise ImageError(f"need uint8 RGB, got {rgb.dtype}")
+    if rgb.shape[0] < 8 or rgb.shape[1] < 8:
+        raise ImageError(f"image too small for cell analysis: {rgb.shape[1]}x{rgb.shape[0]}")
+
+
+def _shrink(rgb: np.ndarray, factor: float) -> np.ndarray:
+    if factor >= 1.0:
+        return rgb
+    h, w = rgb.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
+def background_colour(rgb: np.ndarray) -> np.ndarray:
+    """The empty glass's colour: the median of the brightest tenth of the pixels.
+
+    A smear field always shows some glass between cells; cells only darken it.
+    """
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 250_000)))
+    sample = rgb[::step, ::step].reshape(-1, 3).astype(np.float32)
+    brightness = sample.sum(axis=1)
+    bright = sample[brightness >= np.percentile(brightness, 90)]
+    bg = np.median(bright, axis=0)
+    return np.maximum(bg, 1.0).astype(np.float32)
+
+
+def optical_density(rgb: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
+    """Per-channel optical density (float32, >= 0) relative to the background colour.
+
+    Dividing by the background is a white balance; the log makes a paler stain a
+    smaller density of the same hue, so one threshold suits many labs.
+    """
+    bg = background_colour(rgb) if background is None else background
+    lut = np.empty((3, 256), np.float32)
+    levels = np.arange(256, dtype=np.float32)
+    for c in range(3):
+        t = np.clip(np.maximum(levels, 0.5) / bg[c], 1e-3, 1.0)
+        lut[c] = -np.log(t)
+    od = np.empty(rgb.shape, np.float32)
+    for c in range(3):
+        od[:, :, c] = lut[c][rgb[:, :, c]]
+    return od
+
+
+def purple(od: np.ndarray) -> np.ndarray:
+    """Nucleus stain strength: green absorbed, blue passed (red cells absorb both)."""
+    return od[:, :, 1] - od[:, :, 2]
+
+
+def estimate_scale(rgb: np.ndarray, *, default: float | None = None) -> ScaleEstimate:
+    """Pixels per micrometre from the median diameter of isolated, round red cells.
+
+    Args:
+        rgb: the field, HxWx3 uint8.
+        default: returned (source "default") when too few red cells can be measured;
+            without it that is an ImageError.
+    """
+    _check_rgb(rgb)
+    factor = min(1.0, SCALE_MAX_SIDE / max(rgb.shape[:2]))
+    small = _shrink(rgb, factor)
+    od = optical_density(small)
+    diameters = _isolated_red_cell_diameters(od)
+    if len(diameters) < 5:
+        if default is not None:
+            return ScaleEstimate(default, 0, "default")
+        raise ImageError(f"cannot estimate scale: only {len(diameters)} isolated red cells")
+    d = float(np.median(diameters)) / factor
+    return ScaleEstimate(d / RBC_DIAMETER_UM, len(diameters), "red-cells")
+
+
+def _isolated_red_cell_diameters(od: np.ndarray) -> np.ndarray:
+    """Equivalent diameters (px) of round, solid, single red-cell blobs."""
+    density = od.max(axis=2)
+    not_nucleus = purple(od) < 0.3
+    faint = 0.08
+    cells = density[(density > faint) & not_nucleus]
+    if cells.size == 0:
+        return np.zeros(0)
+    # Outline at half a red cell's typical density: blur moves it neither in nor out.
+    level = max(faint, 0.5 * float(np.percentile(cells, 75)))
+    mask = ((density > level) & not_nucleus).astype(np.uint8)
+    mask = cv2.morphologyEx(
+        mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    )
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    out = []
+    for cnt in contours:
+        area = cv2.contourArea(cnt)  # the outline's area: the pale centre counts as filled
+        if area < 20:
+            continue
+        perimeter = cv2.arcLength(cnt, True)
+        hull = cv2.contourArea(cv2.convexHull(cnt))
+        if perimeter <= 0 or hull <= 0:
+            continue
+        circularity = 4 * np.pi * area / perimeter**2
+        if circularity > 0.8 and area / hull > 0.95:
+            # The outline runs through the edge pixels' centres: add the half pixel outside.
+            out.append(2.0 * np.sqrt((area + perimeter / 2) / np.pi))
+    if not out:
+        return np.zeros(0)
+    arr = np.asarray(out)
+    # Clumps of two that happen to look round are rare but large: drop outliers.
+    med = np.median(arr)
+    return arr[(arr > 0.6 * med) & (arr < 1.5 * med)]
+
+
+def _disc(radius_px: float) -> np.ndarray:
+    k = max(1, 2 * round(radius_px) + 1)
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+
+
+def detect_white_cells(
+    rgb: np.ndarray,
+    *,
+    px_per_um: float | None = None,
+    default_px_per_um: float | None = None,
+    params: DetectParams = DEFAULT_PARAMS,
+) -> Detection:
+    """Find white-cell nuclei in a smear field.
+
+    Args:
+        rgb: HxWx3 uint8 RGB.
+        px_per_um: the scale if known (a calibrated microscope); else estimated from red cells.
+        default_px_per_um: the scale to assume when red cells cannot be measured;
+            without it such a field raises ImageError.
+        params: thresholds (defaults tuned on real smears).
+    """
+    _check_rgb(rgb)
+    if px_per_um is not None:
+        scale = ScaleEstimate(float(px_per_um), 0, "given")
+    else:
+        scale = estimate_scale(rgb, default=default_px_per_um)
+    factor = min(1.0, DETECT_PX_PER_UM / scale.px_per_um)
+    small = _shrink(rgb, factor)
+    work_scale = scale.px_per_um * factor  # px per um in `small`
+    bg = background_colour(rgb if factor == 1.0 else small)
+    stain = cv2.GaussianBlur(purple(optical_density(small, bg)), (0, 0), 0.5 * work_scale)
+    mask: np.ndarray = (stain > params.purple_min).astype(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disc(0.5 * work_scale))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disc(params.close_um * work_scale))
+    mask = _fill_holes(mask)
+    labels = _split_touching(mask, stain, work_scale, params)
+    labels = _join_lobes(labels, mask, work_scale, params)
+    cells = _measure(labels, work_scale, factor, params)
+    return Detection(cells, scale, (float(bg[0]), float(bg[1]), float(bg[2])))
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros(mask.shape, np.uint8)
+    cv2.drawContours(filled, contours, -1, (1,), thickness=cv2.FILLED)
+    return filled
+
+
+def _cores(
+    stain: np.ndarray, mask: np.ndarray, work_scale: float, params: DetectParams
+) -> np.ndarray:
+    """The dense centres of nuclei: stain above a fraction of its local maximum.
+
+    Where two nuclei touch, the rims between them are paler than either centre, so the
+    cores come apart even where the outline of the pair is nearly convex.
+    """
+    local_max = cv2.dilate(stain, _disc(params.split_min_distance_um * work_scale))
+    core = (stain > params.core_fraction * local_max) & (mask > 0)
+    return cv2.morphologyEx(core.astype(np.uint8), cv2.MORPH_OPEN, _disc(0.5 * work_scale))
+
+
+def _split_touching(
+    mask: np.ndarray, stain: np.ndarray, work_scale: float, params: DetectParams
+) -> np.ndarray:
+    """Label image (int32, 0 background): one label per nucleus, touching ones split.
+
+    Markers are the deep points of the cores; the flood follows the distance into the
+    cores plus the stain, so boundaries fall on the pale rims between nuclei.
+    """
+    n, comp = cv2.connectedComponents(mask, connectivity=8)
+    if n <= 1:
+        return comp.astype(np.int32)
+    dist = cv2.distanceTransform(_cores(stain, mask, work_scale, params), cv2.DIST_L2, 5)
+    # Cores: points that are the deepest within the minimum split distance.
+    sep = params.split_min_distance_um * work_scale
+    peaks = (dist >= cv2.dilate(dist, _disc(sep))) & (
+        dist >= params.split_min_radius_um * work_scale
+    )
+    # Every component keeps at least its deepest point as a core, even a small one.
+    n_peaks, peak_lab = cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)
+    markers = np.zeros(mask.shape, np.int32)
+    has_core = np.zeros(n, bool)
+    if n_peaks > 1:
+        # Merge plateau pixels of one peak; label cores by component first hit.
+        markers[peak_lab > 0] = peak_lab[peak_lab > 0]
+        has_core[np.unique(comp[peak_lab > 0])] = True
+    next_label = n_peaks
+    for c in np.flatnonzero(~has_core):
+        if c == 0:
+            continue
+        ys, xs = np.nonzero(comp == c)
+        k = int(np.argmax(dist[ys, xs]))
+        markers[ys[k], xs[k]] = next_label
+        next_label += 1
+    if next_label - 1 == n - 1:
+        # One core per component: nothing to split.
+        return comp.astype(np.int32)
+    markers[mask == 0] = 0
+    # No background marker: it would flood into a nucleus through a pale gap before the
+    # nucleus's own marker got there. Outside the mask is the highest ground instead, so
+    # every component fills from its own markers first.
+    height = dist / max(1.0, float(dist.max())) + stain / max(1e-3, float(stain.max()))
+    span = max(1e-6, float(height.max() - height.min()))
+    relief = ((height.max() - height) * (254.0 / span)).astype(np.uint8)
+    relief[mask == 0] = 255
+    cv2.watershed(cv2.merge([relief, relief, relief]), markers)
+    markers[mask == 0] = 0
+    # Watershed lines (-1) inside the mask go to a neighbouring nucleus.
+    lines = markers < 0
+    if lines.any():
+        grown = cv2.dilate(np.maximum(markers, 0).astype(np.float32), _disc(1))
+        markers[lines] = grown[lines].astype(np.int32)
+    return markers
+
+
+def _join_lobes(
+    labels: np.ndarray, mask: np.ndarray, work_scale: float, params: DetectParams
+) -> np.ndarray:
+    """Give pieces too small to be a nucleus on their own one label per lobe cluster.
+
+    A neutrophil's lobes can stain as separate blobs a micrometre apart; together they
+    are one white cell. A lone platelet stays small and is dropped by the size filter.
+    """
+    areas = np.bincount(labels.ravel())
+    min_px = params.min_area_um2 * work_scale**2
+    small = (areas[labels] < min_px) & (labels > 0)
+    if not small.any():
+        return labels
+    near = cv2.dilate(mask, _disc(params.lobe_gap_um * work_scale / 2))
+    _, groups = cv2.connectedComponents(near, connectivity=8)
+    out = labels.copy()
+    out[small] = int(labels.max()) + groups[small]
+    return out
+
+
+def _measure(
+    labels: np.ndarray, work_scale: float, factor: float, params: DetectParams
+) -> list[WhiteCell]:
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return []
+    flat = labels.ravel()
+    order = np.argsort(flat, kind="stable")
+    sorted_labels = flat[order]
+    starts = np.searchsorted(sorted_labels, ids, side="left")
+    ends = np.searchsorted(sorted_labels, ids, side="right")
+    width = labels.shape[1]
+    px_area_um2 = 1.0 / work_scale**2
+    cells = []
+    for start, end in zip(starts, ends, strict=True):
+        idx = order[start:end]
+        area_um2 = (end - start) * px_area_um2
+        if area_um2 < params.min_area_um2:
+            continue
+        ys, xs = np.divmod(idx, width)
+        # Pixel centres: (i + 0.5) in the small image maps to (i + 0.5) / factor in the input.
+        x = (float(xs.mean()) + 0.5) / factor - 0.5
+        y = (float(ys.mean()) + 0.5) / factor - 0.5
+        radius = float(np.sqrt((end - start) / np.pi)) / factor
+        cells.append(WhiteCell(x, y, area_um2, radius, clump=area_um2 > params.max_area_um2))
+    return cells
+
+
+def crop_cells(
+    rgb: np.ndarray,
+    cells: list[WhiteCell],
+    px_per_um: float,
+    *,
+    size_um: float = 24.0,
+    out_px: int = 128,
+    background: tuple[float, float, float] | None = None,
+) -> np.ndarray:
+    """Square crops of `size_um` micrometres around each cell, resized to `out_px`.
+
+    The same physical field of view at any magnification. Outside the image the crop
+    is filled with the background colour (or edge pixels when none is given).
+
+    Returns:
+        N x out_px x out_px x 3 uint8 (N = 0 gives an empty array of that shape).
+    """
+    _check_rgb(rgb)
+    out = np.empty((len(cells), out_px, out_px, 3), np.uint8)
+    if not cells:
+        return out
+    side = max(2, round(size_um * px_per_um))
+    half = side / 2.0
+    h, w = rgb.shape[:2]
+    fill = None if background is None else tuple(round(v) for v in background)
+    interp = cv2.INTER_AREA if side > out_px else cv2.INTER_LINEAR
+    for i, c in enumerate(cells):
+        x0, y0 = round(c.x + 0.5 - half), round(c.y + 0.5 - half)
+        x1, y1 = x0 + side, y0 + side
+        patch = rgb[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)]
+        pads = (max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w))
+        if any(pads):
+            if patch.size == 0:
+                patch = np.zeros((side, side, 3), np.uint8)
+                patch[:] = fill if fill is not None else 0
+            elif fill is None:
+                patch = cv2.copyMakeBorder(patch, *pads, cv2.BORDER_REPLICATE)
+            else:
+                patch = cv2.copyMakeBorder(patch, *pads, cv2.BORDER_CONSTANT, value=fill)
+        out[i] = cv2.resize(patch, (out_px, out_px), interpolation=interp)
+    return out

@@ -1,0 +1,330 @@
+"""Measure white-cell detection on ALL-IDB1: recall of annotated blasts, detections per slide.
+
+ALL-IDB1's `xyc/ImNNN_1.xyc` files list blast centroids ("x y" per line); the healthy
+slides' files are empty, so every detection there is a normal white cell or a false
+detection. Slides are split into tuning and held-out sets by group (overlapping fields
+stay together), seeded and written to a file, so the held-out numbers are never tuned on.
+
+    python -m leukoscope_tools.cell_eval ../shared/data --report models/reports/cell-detection.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import statistics
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from leukoscope.cells import DEFAULT_PARAMS, DetectParams, detect_white_cells
+from leukoscope.imageio import load_image
+
+logger = logging.getLogger(__name__)
+
+#: Fields that photograph overlapping parts of one smear (data README), plus the link
+#: from Im005 to the Im013 and Im020 groups that the training tools' feature matching
+#: found; Im108 is a byte-identical copy of Im093 and is left out.
+OVERLAP_GROUPS = (
+    ("Im005", "Im013", "Im014", "Im015", "Im020", "Im021", "Im022", "Im050"),
+    ("Im009", "Im010", "Im011"),
+    ("Im036", "Im103"),
+    ("Im039", "Im044"),
+    ("Im078", "Im089"),
+)
+EXCLUDED = frozenset({"Im108"})
+#: A detection matches an annotated blast when its centre is this close (um): about a
+#: blast nucleus's radius, so a hit lies on the annotated cell's nucleus.
+MATCH_UM = 6.0
+DEFAULT_SPLIT = Path(__file__).resolve().parent.parent / "models/reports/cell-detection-split.csv"
+
+
+@dataclass(frozen=True)
+class Slide:
+    """One ALL-IDB1 image and its annotation."""
+
+    name: str  # e.g. "Im001_1"
+    path: Path
+    label: str  # "all" or "normal"
+    blasts: np.ndarray  # K x 2 (x, y)
+    group: str = ""
+    split: str = ""
+
+
+@dataclass
+class SlideResult:
+    """Detection outcome on one slide."""
+
+    name: str
+    label: str
+    split: str
+    size: str
+    px_per_um: float
+    n_blasts: int
+    found: int
+    detections: int
+    unmatched: int
+    seconds: float
+    missed: list[tuple[float, float]] = field(default_factory=list)
+
+
+def read_xyc(path: Path) -> np.ndarray:
+    """Blast centroids from an .xyc file (K x 2; empty for healthy slides)."""
+    values = [float(v) for v in path.read_text().split()]
+    if len(values) % 2:
+        raise ValueError(f"{path}: odd number of coordinates")
+    return np.asarray(values, np.float64).reshape(-1, 2)
+
+
+def list_slides(data: Path) -> list[Slide]:
+    """Every ALL-IDB1 slide with its annotation (the byte-identical copy excluded)."""
+    root = data / "all-idb1"
+    slides = []
+    for label in ("all", "normal"):
+        for path in sorted((root / label).glob("*.jpg")):
+            stem = path.stem
+            if stem.split("_")[0] in EXCLUDED:
+                continue
+            slides.append(Slide(stem, path, label, read_xyc(root / "xyc" / f"{stem}.xyc")))
+    if not slides:
+        raise FileNotFoundError(f"no ALL-IDB1 images under {root}")
+    return slides
+
+
+def group_of(name: str) -> str:
+    """The overlap group of a slide: its first member's number, or its own."""
+    number = name.split("_")[0]
+    for members in OVERLAP_GROUPS:
+        if number in members:
+            return members[0]
+    return number
+
+
+def make_split(slides: list[Slide], seed: int, held_out: float = 0.5) -> dict[str, str]:
+    """Seeded group -> "tune"/"held-out", stratified by label and image size.
+
+    Groups are dealt in a seeded order to whichever side is further below its share of
+    the stratum's slides, so whole groups move and both sides see both cameras.
+    """
+    from PIL import Image
+
+    # A group's stratum is that of its first slide (Im005's group spans both sizes).
+    strata: dict[tuple[str, tuple[int, int]], dict[str, int]] = defaultdict(dict)
+    stratum_of: dict[str, tuple[str, tuple[int, int]]] = {}
+    for s in slides:
+        g = group_of(s.name)
+        if g not in stratum_of:
+            with Image.open(s.path) as im:
+                stratum_of[g] = (s.label, im.size)
+        members = strata[stratum_of[g]]
+        members[g] = members.get(g, 0) + 1
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key in sorted(strata):
+        groups = sorted(strata[key])
+        total = sum(strata[key].values())
+        filled = {"held-out": 0, "tune": 0}
+        target = {"held-out": held_out * total, "tune": (1 - held_out) * total}
+        for k in rng.permutation(len(groups)):
+            g = groups[int(k)]
+            side = max(filled, key=lambda s: (target[s] - filled[s], s))
+            out[g] = side
+            filled[side] += strata[key][g]
+    return out
+
+
+def write_split(path: Path, slides: list[Slide], split: dict[str, str], seed: int) -> None:
+    """The split file: slide, group, split (and the seed in a comment line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        f.write(f"# ALL-IDB1 slide split for cell detection; seed {seed}; tools/cell_eval.py\n")
+        w = csv.writer(f)
+        w.writerow(["slide", "group", "split"])
+        for s in slides:
+            g = group_of(s.name)
+            w.writerow([s.name, g, split[g]])
+
+
+def read_split(path: Path) -> dict[str, str]:
+    """slide name -> split, from a split file."""
+    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    return {row["slide"]: row["split"] for row in csv.DictReader(lines)}
+
+
+def match(
+    truth: np.ndarray, found: np.ndarray, max_dist: float
+) -> tuple[int, list[int], np.ndarray]:
+    """Greedy one-to-one matching by distance: (matches, unmatched truth rows, used mask)."""
+    used = np.zeros(len(found), bool)
+    if len(truth) == 0 or len(found) == 0:
+        return 0, list(range(len(truth))), used
+    d = np.linalg.norm(truth[:, None, :] - found[None, :, :], axis=2)
+    pairs = sorted((d[i, j], i, j) for i in range(len(truth)) for j in range(len(found)))
+    matched_truth: set[int] = set()
+    for dist, i, j in pairs:
+        if dist > max_dist:
+            break
+        if i in matched_truth or used[j]:
+            continue
+        matched_truth.add(i)
+        used[j] = True
+    return len(matched_truth), [i for i in range(len(truth)) if i not in matched_truth], used
+
+
+def evaluate_slide(slide: Slide, params: DetectParams) -> SlideResult:
+    """Detect on one slide and match against its blasts."""
+    rgb = load_image(slide.path)
+    t0 = time.perf_counter()
+    det = detect_white_cells(rgb, params=params)
+    seconds = time.perf_counter() - t0
+    centres = np.array([(c.x, c.y) for c in det.cells], np.float64).reshape(-1, 2)
+    found, missed, used = match(slide.blasts, centres, MATCH_UM * det.scale.px_per_um)
+    return SlideResult(
+        name=slide.name,
+        label=slide.label,
+        split=slide.split,
+        size=f"{rgb.shape[1]}x{rgb.shape[0]}",
+        px_per_um=round(det.scale.px_per_um, 2),
+        n_blasts=len(slide.blasts),
+        found=found,
+        detections=len(det.cells),
+        unmatched=int((~used).sum()),
+        seconds=round(seconds, 3),
+        missed=[(float(slide.blasts[i, 0]), float(slide.blasts[i, 1])) for i in missed],
+    )
+
+
+def summarise(results: list[SlideResult], split: str) -> dict[str, float | int]:
+    """Recall and detections per slide for one split."""
+    rows = [r for r in results if r.split == split]
+    leuk = [r for r in rows if r.label == "all"]
+    healthy = [r for r in rows if r.label == "normal"]
+    blasts = sum(r.n_blasts for r in leuk)
+    found = sum(r.found for r in leuk)
+    return {
+        "slides_all": len(leuk),
+        "slides_normal": len(healthy),
+        "blasts": blasts,
+        "found": found,
+        "recall": found / blasts if blasts else float("nan"),
+        "worst_slide_recall": min((r.found / r.n_blasts for r in leuk if r.n_blasts), default=1.0),
+        "healthy_detections_median": statistics.median(r.detections for r in healthy)
+        if healthy
+        else 0,
+        "healthy_detections_mean": statistics.fmean(r.detections for r in healthy)
+        if healthy
+        else 0,
+        "healthy_detections_max": max((r.detections for r in healthy), default=0),
+        "all_unmatched_mean": statistics.fmean(r.unmatched for r in leuk) if leuk else 0,
+    }
+
+
+def run(
+    data: Path, split_file: Path, seed: int, params: DetectParams, splits: tuple[str, ...]
+) -> list[SlideResult]:
+    """Evaluate every slide of the chosen splits (making the split file if absent)."""
+    slides = list_slides(data)
+    if not split_file.exists():
+        write_split(split_file, slides, make_split(slides, seed), seed)
+        logger.info("wrote a new split to %s", split_file)
+    split = read_split(split_file)
+    missing = [s.name for s in slides if s.name not in split]
+    if missing:
+        raise ValueError(f"{split_file} has no split for {missing}")
+    chosen = [
+        Slide(s.name, s.path, s.label, s.blasts, group_of(s.name), split[s.name])
+        for s in slides
+        if split[s.name] in splits
+    ]
+    return [evaluate_slide(s, params) for s in chosen]
+
+
+def format_report(results: list[SlideResult], params: DetectParams, split_file: Path) -> str:
+    """The measured numbers as Markdown (no images)."""
+    lines = [
+        "# White-cell detection on ALL-IDB1",
+        "",
+        "Measured by `tools/cell_eval.py` (device code `leukoscope.cells`). A blast counts as",
+        f"found when a detection's centre lies within {MATCH_UM:g} um of its annotated centroid",
+        "(one detection per blast, greedy nearest first; um from the scale estimated on that",
+        "slide). Healthy slides have no annotations: their detections are normal white cells",
+        "or false detections. On leukemia slides, `unmatched` counts detections that are not",
+        "an annotated blast (other white cells, smudge cells, or false detections).",
+        "",
+        f"Split: `{split_file.name}` (groups of overlapping fields kept together).",
+        f"Parameters: `{json.dumps(asdict(params))}`",
+        "",
+        "| split | ALL slides | blasts | found | recall | worst slide | healthy slides | "
+        "detections per healthy slide (median / mean / max) | unmatched per ALL slide (mean) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for split in ("tune", "held-out"):
+        if not any(r.split == split for r in results):
+            continue
+        s = summarise(results, split)
+        lines.append(
+            f"| {split} | {s['slides_all']} | {s['blasts']} | {s['found']} | "
+            f"{s['recall']:.1%} | {s['worst_slide_recall']:.0%} | {s['slides_normal']} | "
+            f"{s['healthy_detections_median']:g} / {s['healthy_detections_mean']:.1f} / "
+            f"{s['healthy_detections_max']} | {s['all_unmatched_mean']:.1f} |"
+        )
+    lines += ["", "## Scale estimated from red cells, per image size", ""]
+    by_size: dict[str, list[float]] = defaultdict(list)
+    for r in results:
+        by_size[r.size].append(r.px_per_um)
+    lines += ["| image size | slides | px/um median | min | max |", "|---|---:|---:|---:|---:|"]
+    for size, vals in sorted(by_size.items()):
+        lines.append(
+            f"| {size} | {len(vals)} | {statistics.median(vals):.2f} | {min(vals):.2f} | "
+            f"{max(vals):.2f} |"
+        )
+    lines += [
+        "",
+        "## Per slide",
+        "",
+        "| slide | split | size | px/um | blasts | found | detections | unmatched |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(results, key=lambda r: (r.split, r.name)):
+        lines.append(
+            f"| {r.name} | {r.split} | {r.size} | {r.px_per_um:.2f} | {r.n_blasts} | "
+            f"{r.found} | {r.detections} | {r.unmatched} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: evaluate, print the summary, optionally write the report."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("data", type=Path, help="the shared data folder (holds all-idb1/)")
+    p.add_argument("--split-file", type=Path, default=DEFAULT_SPLIT)
+    p.add_argument("--seed", type=int, default=8)
+    p.add_argument("--splits", default="tune,held-out", help="comma-separated")
+    p.add_argument("--params", default="{}", help="JSON overrides of DetectParams")
+    p.add_argument("--report", type=Path, default=None, help="write Markdown here")
+    p.add_argument("--json", type=Path, default=None, help="write per-slide results here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = DetectParams(**{**asdict(DEFAULT_PARAMS), **json.loads(args.params)})
+    results = run(args.data, args.split_file, args.seed, params, tuple(args.splits.split(",")))
+    for split in ("tune", "held-out"):
+        if any(r.split == split for r in results):
+            print(split, json.dumps(summarise(results, split)))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(format_report(results, params, args.split_file))
+        print(f"report written to {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
