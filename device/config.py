@@ -7,6 +7,7 @@ Pi's config uses absolute paths. `leukoscope check-config FILE` runs just this.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -23,6 +24,7 @@ CONFIG_ENV = "LEUKOSCOPE_CONFIG"
 CAMERA_BACKENDS = ("picamera2", "opencv", "replay")
 PIN_FACTORIES = ("lgpio", "rpigpio", "native", "mock")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+WEB_READ_ACCESS = ("open", "password")
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,23 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The status page: where it listens, and whether reading it needs the password.
+
+    Actions (capture, export, ...) always need a login; `read_access = "password"`
+    protects the pages and the read API as well (`/healthz` stays open).
+    """
+
+    password_file: Path
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    read_access: str = "open"
+    threads: int = 8
+    session_hours: float = 12.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole config, validated."""
 
@@ -134,6 +153,7 @@ class Config:
     model: ModelConfig
     retention: RetentionConfig
     daemon: DaemonConfig
+    web: WebConfig
 
 
 class _Reader:
@@ -225,7 +245,17 @@ def _pin(r: _Reader, name: str, default: int) -> int:
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     """Validate a parsed TOML document; raise ConfigError naming the bad key."""
-    sections = {"paths", "camera", "gpio", "indicator", "quality", "model", "retention", "daemon"}
+    sections = {
+        "paths",
+        "camera",
+        "gpio",
+        "indicator",
+        "quality",
+        "model",
+        "retention",
+        "daemon",
+        "web",
+    }
     top = _Reader(source, raw, "", sections)
 
     p = top.sub("paths", {"state_dir", "images_dir", "database", "bundle", "control_socket"})
@@ -330,6 +360,24 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
         log_level=d.choice("log_level", "info", LOG_LEVELS),
         startup_fault_hold_s=d.num("startup_fault_hold_s", 10.0, 0.0, 3600.0),
     )
+    w = top.sub(
+        "web",
+        {"enabled", "host", "port", "read_access", "password_file", "threads", "session_hours"},
+    )
+    host = w.table.get("host", "127.0.0.1")
+    try:
+        ipaddress.ip_address(host if isinstance(host, str) else "")
+    except ValueError:
+        raise w.fail("web.host", f"must be an IP address (e.g. 0.0.0.0), got {host!r}") from None
+    web = WebConfig(
+        enabled=w.bool_("enabled", True),
+        host=host,
+        port=w.int_("port", 8080, 0, 65535),
+        read_access=w.choice("read_access", "open", WEB_READ_ACCESS),
+        password_file=w.path_("password_file", state / "web-password"),
+        threads=w.int_("threads", 8, 1, 64),
+        session_hours=w.num("session_hours", 12.0, 0.05, 24.0 * 30),
+    )
     return Config(
         source=Path(source),
         paths=paths,
@@ -341,6 +389,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
         model=model,
         retention=retention,
         daemon=daemon,
+        web=web,
     )
 
 

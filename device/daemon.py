@@ -43,6 +43,7 @@ from leukoscope.pipeline import analyse, decode_size
 from leukoscope.sdnotify import Notifier
 from leukoscope.state import DaemonState
 from leukoscope.store import NewRecord, Store, free_bytes
+from leukoscope.web.server import serve_daemon
 
 logger = logging.getLogger(__name__)
 
@@ -550,7 +551,11 @@ def run(cfg: Config) -> int:
             return _startup_fault(indicator, IndicatorState.FAULT_CAMERA, notifier, str(exc), hold)
         stack.callback(button.close)
         control.start()
-        # 6. Serve until SIGTERM; the ExitStack closes everything in reverse order.
+        # 6. The status page (reads state and records; captures go through request_capture).
+        web = serve_daemon(daemon)
+        if web is not None:
+            stack.callback(web.close)
+        # 7. Serve until SIGTERM; the ExitStack closes everything in reverse order.
         daemon.serve()
     logger.info("stopped cleanly")
     return EXIT_OK

@@ -1,0 +1,216 @@
+"""The local status page and JSON API: a Flask app made by `create_app(source, config)`.
+
+It reads the appliance through a `StatusSource` (never the camera or the model itself),
+checks every parameter, needs a login for every action, and is served inside the daemon
+by waitress (`leukoscope.web.server`), never by Flask's development server.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from flask import (
+    Flask,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.wrappers import Response as WResponse
+
+from leukoscope import __version__
+from leukoscope.config import WebConfig
+from leukoscope.web.auth import (
+    LoginLimiter,
+    PasswordFile,
+    PasswordFileError,
+    new_csrf_token,
+    tokens_equal,
+)
+from leukoscope.web.source import StatusSource
+
+logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Content Security Policy: our own scripts, styles and images only; no inline script.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+#: Paths answered with JSON errors (the rest get a plain page).
+JSON_PREFIXES = ("/api/", "/healthz", "/metrics")
+#: Endpoints anyone may read even when reading needs a password.
+ALWAYS_OPEN = {"pages.login", "static", "api.healthz"}
+
+
+@dataclass
+class WebContext:
+    """What the views share: the source, the settings, the password and the login limiter."""
+
+    source: StatusSource
+    config: WebConfig
+    password: PasswordFile
+    limiter: LoginLimiter
+
+
+def ctx() -> WebContext:
+    """The current app's WebContext."""
+    context: WebContext = current_app.extensions["leukoscope"]
+    return context
+
+
+def logged_in() -> bool:
+    """True if this request's session is a login under the current password."""
+    if "user" not in session:
+        return False
+    try:
+        return bool(session.get("pw")) and session.get("pw") == ctx().password.fingerprint()
+    except PasswordFileError:
+        logger.exception("cannot read the password file")
+        return False
+
+
+def csrf_token() -> str:
+    """This session's CSRF token (made on first use)."""
+    token = session.get("csrf")
+    if not isinstance(token, str):
+        token = new_csrf_token()
+        session["csrf"] = token
+    return token
+
+
+def wants_json() -> bool:
+    """True for the API's paths (errors there are JSON)."""
+    return request.path.startswith(JSON_PREFIXES)
+
+
+def create_app(source: StatusSource, config: WebConfig) -> Flask:
+    """Build the web app for one source and its [web] settings."""
+    from leukoscope.web import api, pages
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=secrets.token_bytes(32),  # sessions end when the daemon restarts
+        SESSION_COOKIE_NAME="leukoscope_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=config.session_hours),
+        MAX_CONTENT_LENGTH=16 * 1024,  # no uploads: forms and small JSON bodies only
+        JSON_SORT_KEYS=False,
+        TRAP_HTTP_EXCEPTIONS=False,
+        PROPAGATE_EXCEPTIONS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["leukoscope"] = WebContext(
+        source=source,
+        config=config,
+        password=PasswordFile(config.password_file),
+        limiter=LoginLimiter(),
+    )
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
+    app.before_request(_check_access)
+    app.after_request(_security_headers)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    app.context_processor(
+        lambda: {
+            "csrf_token": csrf_token,
+            "logged_in": logged_in(),
+            "version": __version__,
+            "read_access": config.read_access,
+        }
+    )
+    return app
+
+
+def _check_access() -> WResponse | None:
+    """Reads may need a login (config); state-changing requests need a CSRF token."""
+    g.logged_in = logged_in()
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token")
+        if not tokens_equal(sent, session.get("csrf")):
+            return error_response(403, "CSRF token missing or invalid: reload the page")
+    if (
+        ctx().config.read_access == "password"
+        and not g.logged_in
+        and request.endpoint not in ALWAYS_OPEN
+    ):
+        return login_required_response()
+    return None
+
+
+def login_required_response() -> WResponse:
+    """401 for the API; for pages, the login page, coming back here afterwards."""
+    if wants_json() or request.method != "GET":
+        return error_response(401, "login required")
+    return redirect(url_for("pages.login", next=request.full_path.rstrip("?")))
+
+
+def login_required(view: Callable[P, R]) -> Callable[P, R | WResponse]:
+    """Decorate an action's view: only a logged-in session may use it."""
+
+    @functools.wraps(view)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R | WResponse:
+        if not g.get("logged_in"):
+            return login_required_response()
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def error_response(status: int, message: str) -> Response:
+    """An error as JSON (API paths) or a plain page, never with a stack trace."""
+    if wants_json():
+        resp = jsonify({"error": message, "status": status})
+    else:
+        resp = current_app.make_response(
+            (render_template("error.html", status=status, message=message), status)
+        )
+    resp.status_code = status
+    return resp
+
+
+def _http_error(exc: HTTPException) -> Response:
+    resp = error_response(exc.code or 500, exc.description or exc.name)
+    if exc.code == 405 and exc.response is None:
+        valid = getattr(exc, "valid_methods", None)
+        if valid:
+            resp.headers["Allow"] = ", ".join(valid)
+    retry = getattr(exc, "retry_after", None)
+    if retry:
+        resp.headers["Retry-After"] = str(retry)
+    return resp
+
+
+def _unexpected_error(exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):  # pragma: no cover - handled above
+        return _http_error(exc)
+    logger.error("error answering %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, InternalServerError.description or "internal error")
+
+
+def _security_headers(resp: Response) -> Response:
+    h: Any = resp.headers
+    h.setdefault("Content-Security-Policy", CSP)
+    h["X-Content-Type-Options"] = "nosniff"
+    h["X-Frame-Options"] = "DENY"
+    h["Referrer-Policy"] = "no-referrer"
+    h["Cross-Origin-Opener-Policy"] = "same-origin"
+    h["Cross-Origin-Resource-Policy"] = "same-origin"
+    if request.endpoint != "static":
+        h.setdefault("Cache-Control", "no-store")
+    return resp

@@ -1,0 +1,201 @@
+"""The JSON API: status, results (paged), images, capture, live preview, health, metrics, CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context, url_for
+from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable
+
+from leukoscope.web import ctx, login_required, params
+from leukoscope.web.prometheus import render_metrics
+from leukoscope.web.source import CaptureRefusedError, ResultFilter
+
+bp = Blueprint("api", __name__)
+
+#: The columns of the CSV export, in order.
+CSV_COLUMNS = (
+    "id",
+    "created_at",
+    "trigger",
+    "sample_id",
+    "outcome",
+    "p_leukemia",
+    "retake_reasons",
+    "error",
+    "model_name",
+    "model_version",
+    "model_sha256",
+    "image_sha256",
+    "image_deleted",
+    "quality",
+    "timings_ms",
+)
+
+
+def public(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A record as the API shows it: with links to its page and image."""
+    if record is None:
+        return None
+    out = dict(record)
+    rid = out.get("id")
+    if isinstance(rid, int):
+        out["url"] = url_for("api.result", record_id=rid)
+        out["page_url"] = url_for("pages.result", record_id=rid)
+        has_image = bool(out.get("image_path")) and not out.get("image_deleted")
+        out["image_url"] = url_for("api.result_image", record_id=rid) if has_image else None
+    return out
+
+
+def status_json() -> dict[str, Any]:
+    """The daemon's state with the last result made public."""
+    snap = dict(ctx().source.status())
+    snap["last_result"] = public(snap.get("last_result"))
+    snap["time_unix"] = round(time.time(), 3)
+    return snap
+
+
+@bp.get("/api/status")
+def status() -> Response:
+    """The appliance's state and its latest result."""
+    return jsonify(status_json())
+
+
+def _listing() -> tuple[int, int | None, ResultFilter]:
+    args = request.args
+    return (
+        params.limit(args.get("limit")),
+        params.cursor(args.get("cursor")),
+        params.result_filter(args),
+    )
+
+
+@bp.get("/api/results")
+def results() -> Response:
+    """Records newest first: `limit` (1-200), `cursor`, `verdict`, `date_from`, `date_to`."""
+    limit, before, flt = _listing()
+    page = ctx().source.list_results(limit, before, flt)
+    return jsonify(
+        {
+            "items": [public(r) for r in page.items],
+            "next_cursor": None if page.next_before is None else str(page.next_before),
+        }
+    )
+
+
+def _record(raw: str) -> dict[str, Any]:
+    rid = params.record_id(raw)
+    rec = ctx().source.get_result(rid)
+    if rec is None:
+        raise NotFound(f"no result with id {rid}")
+    return rec
+
+
+@bp.get("/api/results/<record_id>")
+def result(record_id: str) -> Response:
+    """One record with every stored field."""
+    return jsonify(public(_record(record_id)))
+
+
+@bp.get("/api/results/<record_id>/image")
+def result_image(record_id: str) -> Response:
+    """The photo a record was made from (404 once retention deleted it)."""
+    rec = _record(record_id)
+    path = ctx().source.image_path(int(rec["id"]))
+    if path is None or not path.is_file():
+        raise NotFound("this result's image is not kept (none taken, or deleted by retention)")
+    resp = send_file(path, conditional=True, max_age=3600)
+    resp.headers["Cache-Control"] = "private, max-age=3600"
+    return resp
+
+
+@bp.post("/api/capture")
+@login_required
+def capture() -> tuple[Response, int]:
+    """Start a capture like the button does; JSON or form body may carry `sample_id`."""
+    body: Any = request.get_json(silent=True) if request.is_json else request.form
+    if request.is_json and not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    sample_id = params.sample_id((body or {}).get("sample_id"))
+    try:
+        started = ctx().source.request_capture(sample_id)
+    except CaptureRefusedError as exc:
+        return jsonify({"error": str(exc), "status": exc.status}), exc.status
+    return jsonify({"accepted": True, "sample_id": sample_id, **started}), 202
+
+
+@bp.get("/api/preview.jpg")
+def preview() -> Response:
+    """The live view's latest low-resolution frame; focus score in X-Focus-* headers."""
+    try:
+        frame = ctx().source.preview()
+    except CaptureRefusedError as exc:
+        raise ServiceUnavailable(str(exc)) from None
+    resp = Response(frame.jpeg, mimetype="image/jpeg")
+    resp.headers["X-Focus-Score"] = f"{frame.focus:.1f}"
+    resp.headers["X-Focus-Good"] = "1" if frame.good_enough else "0"
+    resp.headers["X-Preview-Paused"] = "1" if frame.paused else "0"
+    return resp
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """200 when the appliance is ready to capture, else 503 with the reason."""
+    snap = ctx().source.status()
+    if snap.get("ready"):
+        return jsonify({"ready": True, "phase": snap.get("phase")}), 200
+    faults = snap.get("faults") or {}
+    reason = "; ".join(f"{k}: {v}" for k, v in faults.items()) or str(snap.get("phase"))
+    return jsonify({"ready": False, "phase": snap.get("phase"), "reason": reason}), 503
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format: captures by outcome, stage timings, faults, disk, model."""
+    text = render_metrics(ctx().source.metrics())
+    return Response(text, mimetype="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _csv_cell(value: Any) -> str:
+    """A CSV cell a spreadsheet will not run as a formula."""
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        import json
+
+        value = json.dumps(value, sort_keys=True)
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+@bp.get("/api/export.csv")
+@login_required
+def export_csv() -> Response:
+    """Every record matching `verdict`/`date_from`/`date_to`, newest first, as CSV."""
+    flt = params.result_filter(request.args)
+    source = ctx().source
+
+    def rows() -> Iterator[str]:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(CSV_COLUMNS)
+        before: int | None = None
+        while True:
+            page = source.list_results(params.MAX_LIMIT, before, flt)
+            for rec in page.items:
+                writer.writerow([_csv_cell(rec.get(c)) for c in CSV_COLUMNS])
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+            if page.next_before is None:
+                return
+            before = page.next_before
+
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    resp = Response(stream_with_context(rows()), mimetype="text/csv; charset=utf-8")
+    resp.headers["Content-Disposition"] = f'attachment; filename="leukoscope-{stamp}.csv"'
+    return resp

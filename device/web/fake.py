@@ -1,0 +1,265 @@
+"""A StatusSource that behaves like the appliance, for tests: captures take time, produce
+records with real JPEG photos, a busy appliance refuses a second capture, faults block.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import statistics
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from leukoscope import __version__
+from leukoscope.synthetic import make_smear
+from leukoscope.web.source import CaptureRefusedError, Preview, ResultFilter, ResultPage
+
+MODEL = {"name": "fake-model", "version": "1.2.3", "sha256": "ab" * 32}
+#: The outcomes fake captures cycle through.
+CYCLE = ("no-leukemia-suspected", "leukemia-suspected", "retake", "indeterminate")
+
+
+@functools.lru_cache(maxsize=8)
+def _jpeg(seed: int, size: tuple[int, int] = (320, 240)) -> bytes:
+    smear = make_smear(size[0], size[1], n_wbc=1, n_blasts=seed % 2, px_per_um=2.0, seed=seed)
+    buf = io.BytesIO()
+    Image.fromarray(smear.image).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+class FakeSource:
+    """An in-memory appliance with a folder of real images (thread-safe)."""
+
+    def __init__(self, images_dir: Path, *, capture_s: float = 0.05) -> None:
+        self.images_dir = Path(images_dir)
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.capture_s = capture_s
+        self._lock = threading.Lock()
+        self._records: dict[int, dict[str, Any]] = {}
+        self._next_id = 1
+        self.phase = "ready"
+        self.faults: dict[str, str] = {}
+        self.result_seq = 0
+        self.captures_requested: list[str | None] = []
+        self._preview = _jpeg(999, (160, 120))
+        self.started = time.time()
+
+    # --- test helpers ----------------------------------------------------------------------
+
+    def add_record(
+        self,
+        outcome: str,
+        *,
+        created: datetime | None = None,
+        sample_id: str | None = None,
+        p: float | None = 0.5,
+        image: bool = True,
+        image_deleted: bool = False,
+    ) -> dict[str, Any]:
+        """Store one record (as the daemon would) and return it."""
+        with self._lock:
+            rid = self._next_id
+            self._next_id += 1
+        created = created or datetime.now(UTC)
+        rel = f"{created:%Y/%m/%d}/{rid:06d}.jpg"
+        data = _jpeg(rid % 4)
+        if image and not image_deleted:
+            path = self.images_dir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        rec = {
+            "id": rid,
+            "created_at": created.isoformat(timespec="milliseconds"),
+            "created_unix": created.timestamp(),
+            "trigger": "button",
+            "sample_id": sample_id,
+            "outcome": outcome,
+            "p_leukemia": None if outcome in ("retake", "fault") else p,
+            "probabilities": None
+            if outcome in ("retake", "fault")
+            else {"normal": round(1 - (p or 0), 4), "leukemia": p},
+            "retake_reasons": ["out-of-focus"] if outcome == "retake" else [],
+            "quality": {"mean_luma": 180.0, "focus": 55.0, "stain": 0.2},
+            "timings_ms": {"capture": 10.0, "decode": 20.0, "quality": 5.0, "inference": 30.0},
+            "error": "camera: timed out" if outcome == "fault" else None,
+            "model_name": MODEL["name"],
+            "model_version": MODEL["version"],
+            "model_sha256": MODEL["sha256"],
+            "image_path": rel if image else None,
+            "image_sha256": "cd" * 32 if image else None,
+            "image_bytes": len(data) if image else None,
+            "image_deleted": image_deleted,
+            "image_deleted_at": None,
+        }
+        with self._lock:
+            self._records[rid] = rec
+            self.result_seq += 1
+        return rec
+
+    # --- StatusSource ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """See StatusSource."""
+        with self._lock:
+            last = self._records[max(self._records)] if self._records else None
+            counts: dict[str, int] = {}
+            for r in self._records.values():
+                counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+            return {
+                "phase": "fault" if self.faults else self.phase,
+                "ready": not self.faults and self.phase in ("ready", "busy"),
+                "faults": dict(self.faults),
+                "indicator": "ready",
+                "leds": {},
+                "camera": "fake",
+                "model": dict(MODEL),
+                "model_error": None,
+                "reloads": 0,
+                "last_result": None if last is None else dict(last),
+                "result_seq": self.result_seq,
+                "counts": counts,
+                "uptime_s": round(time.time() - self.started, 1),
+            }
+
+    def _matching(self, flt: ResultFilter) -> list[dict[str, Any]]:
+        out = []
+        for r in self._records.values():
+            day = datetime.fromtimestamp(r["created_unix"], UTC).date()
+            if flt.outcome and r["outcome"] != flt.outcome:
+                continue
+            if flt.date_from and day < flt.date_from:
+                continue
+            if flt.date_to and day > flt.date_to:
+                continue
+            out.append(r)
+        return sorted(out, key=lambda r: -r["id"])
+
+    def list_results(self, limit: int, before: int | None, flt: ResultFilter) -> ResultPage:
+        """See StatusSource."""
+        with self._lock:
+            rows = [r for r in self._matching(flt) if before is None or r["id"] < before]
+        page = [dict(r) for r in rows[: limit + 1]]
+        more = len(page) > limit
+        page = page[:limit]
+        return ResultPage(page, page[-1]["id"] if more and page else None)
+
+    def get_result(self, record_id: int) -> dict[str, Any] | None:
+        """See StatusSource."""
+        with self._lock:
+            rec = self._records.get(record_id)
+            return None if rec is None else dict(rec)
+
+    def image_path(self, record_id: int) -> Path | None:
+        """See StatusSource."""
+        rec = self.get_result(record_id)
+        if rec is None or not rec["image_path"] or rec["image_deleted"]:
+            return None
+        return self.images_dir / rec["image_path"]
+
+    def request_capture(self, sample_id: str | None) -> dict[str, Any]:
+        """See StatusSource: refuses while busy (409) or faulty (503)."""
+        with self._lock:
+            if self.faults:
+                raise CaptureRefusedError("not ready: " + "; ".join(self.faults.values()), 503)
+            if self.phase == "busy":
+                raise CaptureRefusedError("busy: a capture is already running", 409)
+            self.phase = "busy"
+            seq = self.result_seq
+            self.captures_requested.append(sample_id)
+            outcome = CYCLE[len(self.captures_requested) % len(CYCLE) - 1]
+
+        def work() -> None:
+            time.sleep(self.capture_s)  # the fake camera's exposure
+            self.add_record(outcome, sample_id=sample_id, p=0.8 if "leukemia-s" in outcome else 0.1)
+            with self._lock:
+                self.phase = "ready"
+
+        threading.Thread(target=work, name="fake-capture", daemon=True).start()
+        return {"result_seq": seq}
+
+    def preview(self) -> Preview:
+        """See StatusSource."""
+        if "camera" in self.faults:
+            raise CaptureRefusedError("no live view: " + self.faults["camera"], 503)
+        return Preview(self._preview, 42.0, True, self.phase == "busy", time.time())
+
+    def health(self) -> dict[str, Any]:
+        """See StatusSource."""
+        snap = self.status()
+        return {
+            "ready": snap["ready"],
+            "phase": snap["phase"],
+            "faults": snap["faults"],
+            "camera": {
+                "name": "fake",
+                "ok": "camera" not in self.faults,
+                "error": self.faults.get("camera"),
+            },
+            "model": snap["model"],
+            "model_error": None,
+            "disk_free_bytes": 10 * 2**30,
+            "disk_total_bytes": 32 * 2**30,
+            "cpu_temp_c": 48.3,
+            "uptime_s": snap["uptime_s"],
+            "system_uptime_s": 3600.0,
+            "records": len(self._records),
+            "versions": {"leukoscope": __version__, "python": "3.x"},
+        }
+
+    def models(self) -> list[dict[str, Any]]:
+        """See StatusSource."""
+        current = {
+            "role": "current",
+            **MODEL,
+            "architecture": "tiny-cnn",
+            "created": "2026-11-01",
+            "labels": ["normal", "leukemia"],
+            "thresholds": [0.4, 0.6],
+            "input": [64, 64],
+            "metrics": {"sensitivity": 0.95, "specificity": 0.9},
+            "training": {"seed": 0},
+            "description": "A fake model for tests.",
+            "path": "/fake/models/current",
+        }
+        previous = dict(
+            current,
+            role="previous",
+            version="1.2.2",
+            sha256="ef" * 32,
+            path="/fake/models/previous",
+        )
+        return [current, previous]
+
+    def metrics(self) -> dict[str, Any]:
+        """See StatusSource."""
+        snap = self.status()
+        with self._lock:
+            recent = sorted(self._records.values(), key=lambda r: -r["id"])[:100]
+        stages: dict[str, list[float]] = {}
+        for r in recent:
+            for k, v in r["timings_ms"].items():
+                stages.setdefault(k, []).append(v / 1000.0)
+        return {
+            "ready": snap["ready"],
+            "captures": snap["counts"],
+            "faults": snap["faults"],
+            "stage_window": len(recent),
+            "stage_seconds": {
+                k: {"0.5": statistics.median(v), "sum": sum(v), "count": len(v)}
+                for k, v in stages.items()
+            },
+            "disk_free_bytes": 10 * 2**30,
+            "model": snap["model"],
+            "reloads": 0,
+            "uptime_s": snap["uptime_s"],
+        }
+
+
+def utc_days_ago(days: int) -> datetime:
+    """A UTC datetime `days` ago (test helper)."""
+    return datetime.now(UTC) - timedelta(days=days)

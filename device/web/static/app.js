@@ -1,0 +1,154 @@
+// Leukoscope status page: polls /api/status, starts captures, refreshes the live view.
+// No inline scripts (the CSP forbids them); no outside assets.
+"use strict";
+(function () {
+  if (document.body.dataset.page !== "status") return;
+  const $ = (id) => document.getElementById(id);
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const VERDICTS = {
+    "no-leukemia-suspected": "No leukemia suspected",
+    "leukemia-suspected": "Leukemia suspected — refer",
+    "indeterminate": "Indeterminate — refer or retake",
+    "retake": "Retake the photo",
+    "fault": "Fault",
+  };
+  let seq = Number($("state").dataset.seq || 0);
+  let waitingFor = null; // result_seq we are waiting to pass after our capture
+  let timer = null;
+
+  function pct(p) { return p === null || p === undefined ? "–" : (100 * p).toFixed(1) + " %"; }
+
+  function kvTable(obj) {
+    const table = document.createElement("table");
+    table.className = "kv";
+    for (const [k, v] of Object.entries(obj || {})) {
+      const tr = table.insertRow();
+      const th = document.createElement("th");
+      th.textContent = k;
+      tr.appendChild(th);
+      tr.insertCell().textContent = String(v);
+    }
+    return table;
+  }
+
+  function showResult(r) {
+    $("last-empty").hidden = !!r;
+    $("last-body").hidden = !r;
+    if (!r) return;
+    const v = document.createElement("span");
+    v.className = "verdict v-" + r.outcome;
+    v.textContent = VERDICTS[r.outcome] || r.outcome;
+    $("last-verdict").replaceChildren(v);
+    $("last-p").textContent = pct(r.p_leukemia);
+    $("last-time").textContent = r.created_at || "";
+    $("last-sample").textContent = r.sample_id || "–";
+    $("last-reasons").textContent = (r.retake_reasons && r.retake_reasons.length)
+      ? "Retake: " + r.retake_reasons.join(", ") : "";
+    $("last-error").textContent = r.error || "";
+    const img = $("last-image");
+    if (r.image_url) { img.src = r.image_url; img.hidden = false; } else { img.hidden = true; }
+    $("last-quality").replaceChildren(kvTable(r.quality));
+    $("last-timings").replaceChildren(kvTable(r.timings_ms));
+    const link = $("last-link");
+    if (r.page_url) { link.href = r.page_url; link.hidden = false; } else { link.hidden = true; }
+  }
+
+  function showState(s) {
+    const phase = $("phase");
+    phase.textContent = s.phase;
+    phase.className = "phase p-" + s.phase;
+    $("ready-line").textContent = s.ready ? "Ready for the next photo." : "Not ready.";
+    const faults = $("faults");
+    faults.replaceChildren();
+    for (const [part, msg] of Object.entries(s.faults || {})) {
+      const li = document.createElement("li");
+      li.textContent = part + ": " + msg;
+      faults.appendChild(li);
+    }
+    $("indicator").textContent = s.indicator;
+    $("model-label").textContent = s.model ? s.model.name + " " + s.model.version : "none";
+    if (s.result_seq !== seq) {
+      seq = s.result_seq;
+      showResult(s.last_result);
+    }
+    const button = $("capture-button");
+    if (waitingFor !== null && s.result_seq > waitingFor) {
+      waitingFor = null;
+      $("capture-msg").textContent = "Done.";
+    }
+    if (button) button.disabled = waitingFor !== null || s.phase === "busy";
+  }
+
+  async function poll() {
+    clearTimeout(timer);
+    try {
+      const resp = await fetch("/api/status", { cache: "no-store", credentials: "same-origin" });
+      if (resp.ok) showState(await resp.json());
+    } catch (e) { /* the daemon may be restarting: try again */ }
+    const busy = waitingFor !== null || $("phase").textContent === "busy";
+    timer = setTimeout(poll, document.hidden ? 5000 : (busy ? 300 : 1500));
+  }
+
+  async function capture(ev) {
+    ev.preventDefault();
+    const msg = $("capture-msg");
+    const sample = $("sample-id").value.trim();
+    msg.textContent = "Capturing…";
+    $("capture-button").disabled = true;
+    try {
+      const resp = await fetch("/api/capture", {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+        body: JSON.stringify(sample ? { sample_id: sample } : {}),
+      });
+      const body = await resp.json().catch(() => ({}));
+      if (resp.status === 202) {
+        waitingFor = body.result_seq;
+      } else {
+        msg.textContent = body.error || ("Refused (" + resp.status + ")");
+        $("capture-button").disabled = false;
+      }
+    } catch (e) {
+      msg.textContent = "Cannot reach the appliance.";
+      $("capture-button").disabled = false;
+    }
+    poll();
+  }
+
+  // The live view: one frame at a time, never while hidden, slower while a capture runs.
+  const preview = $("preview");
+  let previewUrl = null;
+  async function refreshPreview() {
+    let delay = 1000;
+    if (!document.hidden) {
+      try {
+        const resp = await fetch("/api/preview.jpg", { cache: "no-store", credentials: "same-origin" });
+        if (resp.ok) {
+          const focus = resp.headers.get("X-Focus-Score");
+          const good = resp.headers.get("X-Focus-Good") === "1";
+          const paused = resp.headers.get("X-Preview-Paused") === "1";
+          const blob = await resp.blob();
+          if (previewUrl) URL.revokeObjectURL(previewUrl);
+          previewUrl = URL.createObjectURL(blob);
+          preview.src = previewUrl;
+          $("focus").textContent = focus;
+          const mark = $("focus-mark");
+          mark.textContent = good ? "✓ good enough" : "not sharp yet";
+          mark.className = "mark " + (good ? "good" : "poor");
+          $("preview-note").textContent = paused ? "(paused during capture)" : "";
+          if (paused) delay = 2000;
+        } else {
+          $("preview-note").textContent = "(no live view: " + resp.status + ")";
+          delay = 5000;
+        }
+      } catch (e) { delay = 5000; }
+    }
+    setTimeout(refreshPreview, delay);
+  }
+
+  const form = $("capture-form");
+  if (form) form.addEventListener("submit", capture);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) poll(); });
+  poll();
+  refreshPreview();
+})();

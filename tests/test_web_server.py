@@ -1,0 +1,121 @@
+"""Serving the app with waitress on a thread, and the password file's format and mode."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from leukoscope.config import WebConfig
+from leukoscope.web import create_app
+from leukoscope.web.auth import (
+    LoginLimiter,
+    PasswordFile,
+    PasswordFileError,
+    hash_password,
+    verify_password,
+    write_password_file,
+)
+from leukoscope.web.fake import FakeSource
+from leukoscope.web.server import WebServer, WebServerError
+
+
+def test_waitress_serves_concurrent_clients_and_stops(tmp_path: Path):
+    source = FakeSource(tmp_path / "images")
+    source.add_record("no-leukemia-suspected", p=0.05)
+    app = create_app(source, WebConfig(password_file=tmp_path / "pw"))
+    server = WebServer(app, "127.0.0.1", 0, threads=4)
+    with server:
+        server.start()
+
+        def get(_: int) -> tuple[int, str]:
+            with urllib.request.urlopen(server.url + "api/status", timeout=10) as resp:
+                return resp.status, json.load(resp)["last_result"]["outcome"]
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(get, range(40)))
+        assert answers == [(200, "no-leukemia-suspected")] * 40
+    # After close, nothing answers on that port any more.
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", server.port), 1):
+        pass
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path):
+    app = create_app(FakeSource(tmp_path / "i"), WebConfig(password_file=tmp_path / "pw"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(WebServerError, match=f"127.0.0.1:{port}"):
+            WebServer(app, "127.0.0.1", port)
+
+
+def test_password_file_is_private_salted_and_verifies(tmp_path: Path):
+    path = tmp_path / "etc" / "web-password"
+    write_password_file(path, "a long enough secret")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    line = path.read_text().strip()
+    assert line.startswith("scrypt$") and "a long enough secret" not in line
+    assert verify_password("a long enough secret", line)
+    assert not verify_password("a long enough secreT", line)
+    assert hash_password("same") != hash_password("same")  # salted
+    pf = PasswordFile(path)
+    assert pf.check("a long enough secret") and not pf.check("")
+    with pytest.raises(ValueError, match="at least 8"):
+        write_password_file(path, "short")
+    assert pf.check("a long enough secret")  # a refused password changes nothing
+    path.write_text("not a hash\n")
+    with pytest.raises(PasswordFileError):
+        pf.check("anything")
+
+
+def test_login_limiter_window():
+    lim = LoginLimiter(per_client=3, overall=5, window_s=60)
+    for t in range(3):
+        assert lim.retry_after("a", now=float(t)) == 0
+        lim.failed("a", now=float(t))
+    assert lim.retry_after("a", now=3.0) == 58
+    assert lim.retry_after("b", now=3.0) == 0  # another client is not blocked ...
+    lim.failed("b", now=4.0)
+    lim.failed("c", now=4.0)
+    assert lim.retry_after("d", now=5.0) > 0  # ... until the overall limit is reached
+    assert lim.retry_after("a", now=61.0) == 0  # and the window moves on
+
+
+def test_unknown_paths_over_http_are_json_404(tmp_path: Path):
+    app = create_app(FakeSource(tmp_path / "i"), WebConfig(password_file=tmp_path / "pw"))
+    with WebServer(app, "127.0.0.1", 0) as server:
+        server.start()
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(server.url + "api/results/12345", timeout=10)
+        assert info.value.code == 404
+        assert json.load(info.value)["error"].startswith("no result")
+        assert info.value.headers["Server"] == "leukoscope"
+
+
+def test_set_password_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
+    import io
+
+    from leukoscope.cli import main
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'[paths]\nstate_dir = "{tmp_path / "state"}"\nbundle = "{tmp_path / "b"}"\n'
+        f'[camera]\nbackend = "replay"\n[camera.replay]\nfolder = "{tmp_path}"\n'
+        '[gpio]\npin_factory = "mock"\n'
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO("a fine passphrase\n"))
+    assert main(["set-password", "--config", str(cfg), "--stdin"]) == 0
+    pw = tmp_path / "state" / "web-password"
+    assert stat.S_IMODE(pw.stat().st_mode) == 0o600
+    assert PasswordFile(pw).check("a fine passphrase")
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["set-password", "--config", str(cfg), "--stdin"]) == 1
+    assert "nothing changed" in capsys.readouterr().err
+    assert PasswordFile(pw).check("a fine passphrase")
