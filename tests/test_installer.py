@@ -45,6 +45,8 @@ INSTALLED = {
     "etc/leukoscope/config.toml": ("device/configs/pi.toml", 0o644),
     "boot/firmware/leukoscope.txt": ("firmware_config/config.txt", 0o644),
 }
+# The command on root's PATH: a link into the venv.
+COMMAND_LINK = ("usr/local/bin/leukoscope", "/opt/leukoscope/venv/bin/leukoscope")
 # Programs the installer may only list under --root; shims record any call.
 SYSTEM_PROGRAMS = (
     "apt-get", "dpkg-query", "systemctl", "systemd-sysusers", "systemd-tmpfiles", "userdel",
@@ -111,12 +113,14 @@ def install(
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file under root: relative path -> (mode, content)."""
-    return {
-        str(p.relative_to(root)): (stat.S_IMODE(p.stat().st_mode), p.read_bytes())
-        for p in sorted(root.rglob("*"))
-        if p.is_file() or p.is_symlink()
-    }
+    """Every file under root: relative path -> (mode, content); a link's content is its target."""
+    files = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink():
+            files[str(p.relative_to(root))] = (0, os.readlink(p).encode())
+        elif p.is_file():
+            files[str(p.relative_to(root))] = (stat.S_IMODE(p.stat().st_mode), p.read_bytes())
+    return files
 
 
 def test_installer_passes_shellcheck() -> None:
@@ -148,6 +152,7 @@ def test_dry_run_prints_the_full_plan_and_writes_nothing(
         "would append to /boot/firmware/config.txt: [all] include leukoscope.txt",
         "Self-check",
     ] + [f"would write: /{path} (mode {mode:o})" for path, (_, mode) in INSTALLED.items()]
+    plan.append(f"would link: /{COMMAND_LINK[0]} -> {COMMAND_LINK[1]}")
     if (source / "models" / "default" / "manifest.json").is_file():
         plan.append(
             "would run: runuser -u leukoscope -- /opt/leukoscope/venv/bin/leukoscope model "
@@ -165,9 +170,10 @@ def test_dry_run_prints_the_full_plan_and_writes_nothing(
 def test_install_creates_exactly_the_expected_files(source: Path, root: Path, shims: Path) -> None:
     out = install(source, shims, "--root", str(root)).stdout
     files = snapshot(root)
-    assert set(files) == set(INSTALLED) | {"boot/firmware/config.txt"}
+    assert set(files) == set(INSTALLED) | {"boot/firmware/config.txt", COMMAND_LINK[0]}
     for path, (src, mode) in INSTALLED.items():
         assert files[path] == (mode, (source / src).read_bytes()), path
+    assert files[COMMAND_LINK[0]] == (0, COMMAND_LINK[1].encode())
     config_txt = files["boot/firmware/config.txt"][1].decode()
     assert config_txt.startswith(BOOKWORM_CONFIG_TXT)
     assert config_txt.endswith("[all]\ninclude leukoscope.txt\n")

@@ -21,6 +21,7 @@ UNIT=/etc/systemd/system/leukoscope.service
 SYSUSERS=/etc/sysusers.d/leukoscope.conf
 TMPFILES=/etc/tmpfiles.d/leukoscope.conf
 SUDOERS=/etc/sudoers.d/leukoscope
+BIN_LINK=/usr/local/bin/leukoscope
 JOURNALD=/etc/systemd/journald.conf.d/leukoscope.conf
 BOOT_FRAGMENT=/boot/firmware/leukoscope.txt
 BOOT_CONFIG=/boot/firmware/config.txt
@@ -105,6 +106,20 @@ keep() {
     note "kept (exists): $2"
   else
     put "$@"
+  fi
+}
+
+# symlink TARGET LINK: make LINK point at TARGET, replacing whatever is there.
+symlink() {
+  local target=$1 link=$ROOT$2
+  if [ -L "$link" ] && [ "$(readlink "$link")" = "$target" ]; then
+    note "unchanged: $2 -> $target"
+  elif [ "$DRY_RUN" -eq 1 ]; then
+    note "would link: $2 -> $target"
+  else
+    mkdir -p "$(dirname "$link")"
+    ln -sfn "$target" "$link"
+    note "linked: $2 -> $target"
   fi
 }
 
@@ -204,6 +219,11 @@ install_venv() {
     --exclude=./.run -cf - . | tar -C "$copy" -xf -
   run "${pip[@]}" -c "$SRC/constraints/pi.txt" "${copy}[device]"
   rm -rf -- "$copy"
+}
+
+install_command() {
+  step "Command: $BIN_LINK (leukoscope capture, check-config, model ...)"
+  symlink "$VENV/bin/leukoscope" "$BIN_LINK"
 }
 
 install_config() {
@@ -374,6 +394,7 @@ uninstall() {
   if [ -e "$ROOT$JOURNALD" ]; then CHANGED=1; fi
   remove "$JOURNALD"
   [ "$CHANGED" -eq 0 ] || run systemctl restart systemd-journald
+  remove "$BIN_LINK"
   remove "$PREFIX"
   remove "$BOOT_FRAGMENT"
   if [ -f "$ROOT$BOOT_CONFIG" ] && grep -qxF "$BOOT_MARK" "$ROOT$BOOT_CONFIG"; then
@@ -415,6 +436,7 @@ case "$ACTION" in
     install_packages
     install_user
     install_venv
+    install_command
     install_config
     install_model
     install_sd_card_settings
