@@ -233,3 +233,13 @@ def test_refuses_the_real_root_as_a_test_root(source: Path, shims: Path) -> None
     assert result.returncode == 2
     assert "--root /" in result.stderr
     assert result.stdout == ""
+
+
+def test_self_check_reports_what_is_missing(source: Path, root: Path, shims: Path) -> None:
+    install(source, shims, "--root", str(root))
+    assert "All checks passed." in install(source, shims, "--check", "--root", str(root)).stdout
+    (root / "etc/sudoers.d/leukoscope").unlink()
+    result = install(source, shims, "--check", "--root", str(root), check=False)
+    assert result.returncode == 1
+    assert "FAIL  /etc/sudoers.d/leukoscope missing" in result.stdout
+    assert "ok    /etc/systemd/system/leukoscope.service" in result.stdout

@@ -368,7 +368,14 @@ self_check() {
     bad "$SERVICE not running; last log lines:"
     journalctl -u "$SERVICE" -n 15 --no-pager 2>/dev/null | sed 's/^/         /' || true
   fi
-  if "$VENV/bin/python" -c "import urllib.request as u; u.urlopen('$STATUS_URL', timeout=5)" 2>/dev/null; then
+  # Any HTTP answer counts (a login page too); no answer is the failure.
+  if "$VENV/bin/python" - "$STATUS_URL" 2>/dev/null <<'EOF'; then
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=5)
+except urllib.error.HTTPError:
+    pass
+EOF
     ok "status page answers at $STATUS_URL (from the LAN: http://$(hostname).local:8080/)"
   else
     bad "status page does not answer at $STATUS_URL"
