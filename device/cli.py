@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from leukoscope import __version__, appcli, webcli
+from leukoscope import __version__, appcli, modelcli, webcli
 from leukoscope.errors import LeukoscopeError
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     appcli.add_subcommands(sub)
     webcli.add_subcommands(sub)
+    modelcli.add_subcommands(sub)
 
     p = sub.add_parser("bench", help="time decode, preprocess and inference (prints figures)")
     p.add_argument("--bundle", type=Path, default=None, help="model bundle folder")
