@@ -99,9 +99,23 @@ class IndicatorConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The interpreter's thread count."""
+    """The interpreter's thread count, and the model store that `leukoscope model` manages.
+
+    `paths.bundle` should be `store_dir/active`, the link the model commands switch.
+    """
 
     threads: int = 2
+    #: Where installed versions live (default STATE_DIR/models).
+    store_dir: Path | None = None
+    #: How many installed versions to keep; the active, previous and newest always stay.
+    keep: int = 3
+    #: OpenSSH allowed-signers file; when set, installs need a signature by a key in it.
+    allowed_signers: Path | None = None
+    require_signature: bool = False
+    #: How an install asks the daemon to load the new model: SIGHUP to the process that
+    #: serves the control socket, `systemctl reload leukoscope`, or not at all.
+    reload: str = "signal"
+    reload_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -345,8 +359,30 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     if quality.min_mean_luma >= quality.max_mean_luma:
         raise q.fail("quality", "min_mean_luma must be below max_mean_luma")
 
-    m = top.sub("model", {"threads"})
-    model = ModelConfig(threads=m.int_("threads", 2, 1, 16))
+    m = top.sub(
+        "model",
+        {
+            "threads",
+            "store_dir",
+            "keep",
+            "allowed_signers",
+            "require_signature",
+            "reload",
+            "reload_timeout_s",
+        },
+    )
+    signers = m.path_("allowed_signers", None) if m.has("allowed_signers") else None
+    model = ModelConfig(
+        threads=m.int_("threads", 2, 1, 16),
+        store_dir=m.path_("store_dir", state / "models"),
+        keep=m.int_("keep", 3, 2, 100),
+        allowed_signers=signers,
+        require_signature=m.bool_("require_signature", signers is not None),
+        reload=m.choice("reload", "signal", ("signal", "systemctl", "none")),
+        reload_timeout_s=m.num("reload_timeout_s", 60.0, 1.0, 3600.0),
+    )
+    if model.require_signature and signers is None:
+        raise m.fail("model.require_signature", "is true but model.allowed_signers is not set")
 
     rt = top.sub("retention", {"max_age_days", "min_free_mb", "check_interval_s"})
     retention = RetentionConfig(

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from leukoscope.bundle import MANIFEST, Manifest, load_bundle, read_manifest, sha256_file
+from leukoscope.config import Config
 from leukoscope.errors import BundleError, LeukoscopeError
 
 logger = logging.getLogger(__name__)
@@ -601,7 +602,7 @@ class ModelStore:
             report(f"removed old model {v.id}")
 
 
-def settings_from_config(cfg: Any) -> StoreSettings:
+def settings_from_config(cfg: Config) -> StoreSettings:
     """The store's settings from the appliance config (its `[model]` and `[paths]`).
 
     Raises:
@@ -609,14 +610,13 @@ def settings_from_config(cfg: Any) -> StoreSettings:
             would never load what the model commands install.
     """
     model, paths = cfg.model, cfg.paths
-    store_dir = getattr(model, "store_dir", None) or paths.state_dir / "models"
     settings = StoreSettings(
-        store_dir=Path(store_dir),
-        keep=getattr(model, "keep", 3),
-        allowed_signers=getattr(model, "allowed_signers", None),
-        require_signature=getattr(model, "require_signature", False),
-        reload=getattr(model, "reload", "signal"),
-        reload_timeout_s=getattr(model, "reload_timeout_s", 60.0),
+        store_dir=Path(model.store_dir or paths.state_dir / "models"),
+        keep=model.keep,
+        allowed_signers=model.allowed_signers,
+        require_signature=model.require_signature,
+        reload=model.reload,
+        reload_timeout_s=model.reload_timeout_s,
         control_socket=paths.control_socket,
     )
     want = settings.store_dir / ACTIVE
