@@ -274,7 +274,7 @@ class Store:
                 ).fetchall()
                 deleted += self._delete_images(old)
                 while free_bytes(self.images_dir) < min_free_bytes:
-                    batch = self.db.execute(select.format(""), (8,)).fetchall()
+                    batch = self.db.execute(select.format(""), (1,)).fetchall()
                     if not batch:
                         break
                     deleted += self._delete_images(batch)

@@ -1,0 +1,107 @@
+"""The config: one TOML file, validated once; errors name the key path and the value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from leukoscope.appcli import cmd_check_config
+from leukoscope.config import bundled_config, load_config, parse_config
+from leukoscope.errors import ConfigError
+
+MINIMAL = {
+    "paths": {"state_dir": "/var/lib/x", "bundle": "/b"},
+    "camera": {"backend": "replay", "replay": {"folder": "/imgs"}},
+    "gpio": {"pin_factory": "mock"},
+}
+
+
+def with_(**changes: dict) -> dict:
+    raw = {k: dict(v) for k, v in MINIMAL.items()}
+    for section, values in changes.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def test_minimal_config_gets_documented_defaults() -> None:
+    cfg = parse_config(with_())
+    assert cfg.paths.images_dir == Path("/var/lib/x/images")
+    assert cfg.paths.database == Path("/var/lib/x/records.sqlite3")
+    assert cfg.paths.control_socket == Path("/var/lib/x/control.sock")
+    assert (cfg.gpio.button, cfg.gpio.led_green, cfg.gpio.led_amber) == (17, 22, 23)
+    assert (cfg.gpio.led_red, cfg.gpio.buzzer) == (24, 27)
+    assert cfg.quality_enabled and cfg.quality.min_focus > 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"camera": {"colour": "red"}}, "unknown key(s) camera.colour"),
+        ({"extra": {}}, "unknown key(s) extra"),
+        ({"camera": {"backend": "webcam"}}, "camera.backend: must be one of"),
+        ({"camera": {"capture_timeout_s": -1}}, "camera.capture_timeout_s"),
+        ({"gpio": {"button": 40}}, "gpio.button: must be an integer in 0..27, got 40"),
+        ({"gpio": {"led_red": 17}}, "two functions share a pin"),
+        ({"gpio": {"pin_factory": "pigpio"}}, "gpio.pin_factory: must be one of"),
+        ({"quality": {"min_focus": "high"}}, "quality.min_focus: must be a number"),
+        ({"quality": {"min_stain": 3}}, "quality.min_stain: is a fraction"),
+        ({"retention": {"min_free_mb": True}}, "retention.min_free_mb"),
+        ({"daemon": {"log_level": "loud"}}, "daemon.log_level"),
+        ({"camera": {"opencv": {"device": 1.5}}}, "camera.opencv.device"),
+        ({"camera": {"replay": {"exposure": 3}}}, "camera.replay.exposure"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(with_(**changes), "cfg.toml")
+    assert message in str(err.value)
+    assert str(err.value).startswith("cfg.toml: ")
+
+
+def test_camera_backend_is_required_never_defaulted() -> None:
+    raw = with_()
+    del raw["camera"]["backend"]
+    with pytest.raises(ConfigError, match="camera.backend: is required"):
+        parse_config(raw)
+
+
+def test_replay_backend_needs_its_folder() -> None:
+    raw = with_()
+    raw["camera"] = {"backend": "replay"}
+    with pytest.raises(ConfigError, match=r"camera.replay.folder: is required"):
+        parse_config(raw)
+
+
+def test_shipped_configs_are_valid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    laptop = load_config(bundled_config("laptop"))
+    assert laptop.camera.backend == "replay" and laptop.gpio.pin_factory == "mock"
+    assert laptop.paths.state_dir == tmp_path / ".run" / "state"
+    pi = load_config(bundled_config("pi"))
+    assert pi.camera.backend == "picamera2" and pi.gpio.pin_factory == "lgpio"
+    assert pi.paths.bundle == Path("/var/lib/leukoscope/models/active")
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "c.toml"
+    bad.write_text("[camera\nbackend = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "none.toml")
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    good = tmp_path / "good.toml"
+    good.write_text(bundled_config("laptop").read_text())
+    assert cmd_check_config(argparse.Namespace(file=good)) == 0
+    assert "ok (camera replay" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(good.read_text().replace('backend = "replay"', 'backend = "usb"'))
+    assert cmd_check_config(argparse.Namespace(file=bad)) == 1
+    assert "camera.backend: must be one of picamera2, opencv, replay, got 'usb'" in (
+        capsys.readouterr().err
+    )

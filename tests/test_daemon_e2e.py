@@ -1,0 +1,77 @@
+"""End to end: the real daemon process, replay camera, MockFactory pins, real runtime and bundle."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from leukoscope.bundle import sha256_file
+from leukoscope.indicator import IndicatorState
+from tests.daemon_helpers import DaemonProcess, daemon_config, replay_set
+
+#: Which LEDs are lit, steadily, for each verdict's pattern.
+STEADY = {
+    "no-leukemia-suspected": {"green"},
+    "leukemia-suspected": {"red"},
+    "indeterminate": {"amber", "red"},
+}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, session_bundle: Path):
+    replay_set(tmp_path / "replay")
+    proc = DaemonProcess(daemon_config(tmp_path, session_bundle, tmp_path / "replay"))
+    try:
+        proc.wait_phase("ready")
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_button_blurred_dark_and_corrupt_frames(daemon: DaemonProcess, tmp_path: Path) -> None:
+    # 1. A press of the (mock) GPIO button: a record, and the verdict's pattern.
+    reply = daemon.request({"cmd": "press-button", "wait_s": 30}, timeout=40)
+    state = reply["state"]
+    first = state["last_result"]
+    assert first is not None and first["trigger"] == "button"
+    assert first["outcome"] in STEADY, first
+    assert state["indicator"] == IndicatorState(first["outcome"]).value
+    lit = {name for name in ("green", "amber", "red") if state["leds"][name]}
+    assert lit == STEADY[first["outcome"]]
+    assert first["model_sha256"] == state["model"]["sha256"]
+    image = tmp_path / "state" / "images" / first["image_path"]
+    assert sha256_file(image) == first["image_sha256"]
+    assert first["timings_ms"]["trigger_to_indicator"] > 0
+
+    # 2. A blurred field and 3. a dark one: retake with the reason, never the model.
+    blurred = daemon.capture(sample_id="S-2")
+    assert blurred["outcome"] == "retake" and blurred["p_leukemia"] is None
+    assert "out-of-focus" in blurred["retake_reasons"]
+    assert blurred["sample_id"] == "S-2"
+    assert daemon.status()["indicator"] == "retake"  # type: ignore[index]
+    dark = daemon.capture()
+    assert dark["outcome"] == "retake" and "too-dark" in dark["retake_reasons"]
+
+    # 4. A corrupt frame: a fault record, and the daemon carries on.
+    corrupt = daemon.capture()
+    assert corrupt["outcome"] == "fault" and "bad frame" in corrupt["error"]
+    assert daemon.status()["indicator"] == "fault-camera"  # type: ignore[index]
+    again = daemon.capture()
+    assert again["outcome"] == first["outcome"] and again["saved"]
+    assert daemon.proc.poll() is None
+
+    # A bad sample id is refused before anything happens.
+    bad = daemon.request({"cmd": "capture", "sample_id": "x" * 65})
+    assert not bad["ok"] and "sample id" in bad["error"]
+
+    assert daemon.stop() == 0
+    assert "stopped cleanly" in daemon.log
+    with sqlite3.connect(tmp_path / "state" / "records.sqlite3") as db:
+        rows = db.execute("SELECT trigger, outcome FROM results ORDER BY id").fetchall()
+    assert [r[1] for r in rows] == [first["outcome"], "retake", "retake", "fault", again["outcome"]]
+    assert rows[0][0] == "button"
+    assert not (tmp_path / "state" / "control.sock").exists()
