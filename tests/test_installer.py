@@ -43,7 +43,6 @@ INSTALLED = {
     "etc/sudoers.d/leukoscope": ("systemd/leukoscope.sudoers", 0o440),
     "etc/systemd/journald.conf.d/leukoscope.conf": ("firmware_config/journald.conf", 0o644),
     "etc/leukoscope/config.toml": ("device/configs/pi.toml", 0o644),
-    "boot/firmware/leukoscope.txt": ("firmware_config/config.txt", 0o644),
 }
 # The command on root's PATH: a link into the venv.
 COMMAND_LINK = ("usr/local/bin/leukoscope", "/opt/leukoscope/venv/bin/leukoscope")
@@ -149,7 +148,7 @@ def test_dry_run_prints_the_full_plan_and_writes_nothing(
         "would run: systemctl daemon-reload",
         "would run: systemctl enable leukoscope.service",
         "would run: systemctl restart leukoscope.service",
-        "would append to /boot/firmware/config.txt: [all] include leukoscope.txt",
+        "would append to /boot/firmware/config.txt: the settings of firmware_config/config.txt",
         "Self-check",
     ] + [f"would write: /{path} (mode {mode:o})" for path, (_, mode) in INSTALLED.items()]
     plan.append(f"would link: /{COMMAND_LINK[0]} -> {COMMAND_LINK[1]}")
@@ -176,7 +175,18 @@ def test_install_creates_exactly_the_expected_files(source: Path, root: Path, sh
     assert files[COMMAND_LINK[0]] == (0, COMMAND_LINK[1].encode())
     config_txt = files["boot/firmware/config.txt"][1].decode()
     assert config_txt.startswith(BOOKWORM_CONFIG_TXT)
-    assert config_txt.endswith("[all]\ninclude leukoscope.txt\n")
+    block = config_txt[len(BOOKWORM_CONFIG_TXT) :].splitlines()
+    assert block[0].startswith("# BEGIN Leukoscope camera")
+    assert block[-1].startswith("# END Leukoscope camera")
+    # The fragment's settings and commented-out choices, without its prose.
+    assert block[1:-1] == [
+        "[all]",
+        "camera_auto_detect=1",
+        "#dtoverlay=ov5647",
+        "#dtoverlay=imx219",
+        "#dtoverlay=imx477",
+        "#dtoverlay=imx708",
+    ]
     # System commands are listed, not run (the shims would have logged them).
     assert "skipped (--root): systemctl enable leukoscope.service" in out
     assert "All checks passed." in out

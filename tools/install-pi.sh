@@ -23,9 +23,11 @@ TMPFILES=/etc/tmpfiles.d/leukoscope.conf
 SUDOERS=/etc/sudoers.d/leukoscope
 BIN_LINK=/usr/local/bin/leukoscope
 JOURNALD=/etc/systemd/journald.conf.d/leukoscope.conf
-BOOT_FRAGMENT=/boot/firmware/leukoscope.txt
 BOOT_CONFIG=/boot/firmware/config.txt
-BOOT_MARK="# Leukoscope camera settings (tools/install-pi.sh --uninstall removes these 3 lines)"
+# The camera settings go into config.txt itself, between these lines (an `include`
+# is not read by every Pi's bootloader, and the Pi 5 refuses an oversized file).
+BOOT_BEGIN="# BEGIN Leukoscope camera: choices explained in firmware_config/config.txt"
+BOOT_END="# END Leukoscope camera (tools/install-pi.sh --uninstall removes this block)"
 SERVICE=leukoscope.service
 STATUS_URL=http://127.0.0.1:8080/
 APT_PACKAGES=(python3-picamera2 python3-lgpio python3-venv)
@@ -267,19 +269,29 @@ install_sd_card_settings() {
 }
 
 install_camera_settings() {
-  step "Camera firmware settings $BOOT_FRAGMENT"
+  step "Camera firmware settings: a block at the end of $BOOT_CONFIG"
   if [ ! -f "$ROOT$BOOT_CONFIG" ]; then
     note "no $BOOT_CONFIG here (not Raspberry Pi OS Bookworm?): camera settings skipped"
     return 0
   fi
-  keep "$SRC/firmware_config/config.txt" "$BOOT_FRAGMENT" 644
-  if grep -qxF "$BOOT_MARK" "$ROOT$BOOT_CONFIG"; then
-    note "unchanged: $BOOT_CONFIG includes leukoscope.txt"
+  if grep -qxF "$BOOT_BEGIN" "$ROOT$BOOT_CONFIG"; then
+    note "kept (exists): the Leukoscope block in $BOOT_CONFIG (it may hold your camera choice)"
   elif [ "$DRY_RUN" -eq 1 ]; then
-    note "would append to $BOOT_CONFIG: [all] include leukoscope.txt"
+    note "would append to $BOOT_CONFIG: the settings of firmware_config/config.txt"
   else
-    printf '%s\n[all]\ninclude leukoscope.txt\n' "$BOOT_MARK" >>"$ROOT$BOOT_CONFIG"
-    note "appended to $BOOT_CONFIG: [all] include leukoscope.txt (takes effect at next boot)"
+    # The fragment's settings and commented-out choices, without its prose. Written to a
+    # new file renamed over the old, so a power cut cannot leave a half-written config.txt.
+    local tmp=$ROOT$BOOT_CONFIG.leukoscope-new
+    {
+      cat "$ROOT$BOOT_CONFIG"
+      [ -z "$(tail -c 1 "$ROOT$BOOT_CONFIG")" ] || echo
+      echo "$BOOT_BEGIN"
+      grep -E '^(\[[a-z0-9+]+\]|#?[a-z_0-9]+=.*)$' "$SRC/firmware_config/config.txt"
+      echo "$BOOT_END"
+    } >"$tmp"
+    sync -f "$tmp" 2>/dev/null || true
+    mv -f "$tmp" "$ROOT$BOOT_CONFIG"
+    note "appended to $BOOT_CONFIG: camera auto-detect and the overlay choices (next boot)"
   fi
 }
 
@@ -316,11 +328,10 @@ self_check() {
     check_file "$f"
   done
   if [ -f "$ROOT$BOOT_CONFIG" ]; then
-    check_file "$BOOT_FRAGMENT"
-    if grep -qxF 'include leukoscope.txt' "$ROOT$BOOT_CONFIG"; then
-      ok "$BOOT_CONFIG includes leukoscope.txt"
+    if grep -qxF "$BOOT_BEGIN" "$ROOT$BOOT_CONFIG" && grep -qxF "$BOOT_END" "$ROOT$BOOT_CONFIG"; then
+      ok "$BOOT_CONFIG has the Leukoscope camera block"
     else
-      bad "$BOOT_CONFIG does not include leukoscope.txt"
+      bad "$BOOT_CONFIG lacks the Leukoscope camera block"
     fi
   fi
   if [ -n "$ROOT" ]; then
@@ -354,7 +365,7 @@ self_check() {
     && [ "$cams" -ge 1 ]; then
     ok "camera: $cams detected"
   else
-    bad "camera: none detected (cable, $BOOT_FRAGMENT, then reboot; rpicam-hello --list-cameras)"
+    bad "camera: none detected (cable; the camera block in $BOOT_CONFIG; rpicam-hello --list-cameras)"
   fi
   if compgen -G '/dev/gpiochip*' >/dev/null; then
     ok "GPIO chips present"
@@ -403,15 +414,17 @@ uninstall() {
   [ "$CHANGED" -eq 0 ] || run systemctl restart systemd-journald
   remove "$BIN_LINK"
   remove "$PREFIX"
-  remove "$BOOT_FRAGMENT"
-  if [ -f "$ROOT$BOOT_CONFIG" ] && grep -qxF "$BOOT_MARK" "$ROOT$BOOT_CONFIG"; then
+  if [ -f "$ROOT$BOOT_CONFIG" ] && grep -qxF "$BOOT_BEGIN" "$ROOT$BOOT_CONFIG"; then
     if [ "$DRY_RUN" -eq 1 ]; then
-      note "would remove the include lines from $BOOT_CONFIG"
+      note "would remove the Leukoscope block from $BOOT_CONFIG"
     else
-      # The mark, "[all]" and the include line: the three lines install added.
-      sed -i "/^$(printf '%s' "$BOOT_MARK" | sed 's/[][\/.*^$]/\\&/g')\$/,/^include leukoscope\.txt\$/d" \
-        "$ROOT$BOOT_CONFIG"
-      note "removed the include lines from $BOOT_CONFIG"
+      local tmp=$ROOT$BOOT_CONFIG.leukoscope-new
+      awk -v begin="$BOOT_BEGIN" -v end="$BOOT_END" \
+        '$0 == begin { skip = 1 } !skip { print } skip && $0 == end { skip = 0 }' \
+        "$ROOT$BOOT_CONFIG" >"$tmp"
+      sync -f "$tmp" 2>/dev/null || true
+      mv -f "$tmp" "$ROOT$BOOT_CONFIG"
+      note "removed the Leukoscope block from $BOOT_CONFIG"
     fi
   fi
 
