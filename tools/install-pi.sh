@@ -39,7 +39,7 @@ ACTION=install
 PURGE=0
 
 usage() {
-  sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -51,10 +51,10 @@ while [ $# -gt 0 ]; do
     --purge) PURGE=1 ;;
     --root)
       [ $# -ge 2 ] || { echo "--root needs a directory" >&2; exit 2; }
-      ROOT=$(cd "$2" && pwd) || exit 2
+      ROOT=$(cd "$2" && pwd -P) || exit 2
       shift
       ;;
-    --root=*) ROOT=$(cd "${1#--root=}" && pwd) || exit 2 ;;
+    --root=*) ROOT=$(cd "${1#--root=}" && pwd -P) || exit 2 ;;
     -h | --help) usage 0 ;;
     *) echo "unknown option: $1" >&2; usage 2 >&2 ;;
   esac
