@@ -209,7 +209,8 @@ install_venv() {
     run python3 -m venv --system-site-packages "$VENV"
   fi
   # The constraints hold numpy below 2: the apt picamera2 is built against numpy 1.24.
-  local pip=("$VENV/bin/pip" install --disable-pip-version-check --quiet)
+  # --upgrade reinstalls this checkout's version; dependencies change only if they must.
+  local pip=("$VENV/bin/pip" install --disable-pip-version-check --quiet --upgrade)
   if [ "$DRY_RUN" -eq 1 ] || [ -n "$ROOT" ]; then
     run "${pip[@]}" -c "$SRC/constraints/pi.txt" "${SRC}[device]"
     return 0
