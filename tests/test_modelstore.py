@@ -72,7 +72,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("keys")
     for name in ("alice", "mallory"):
         subprocess.run(
-            [SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(d / name)],
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(d / name)],
             check=True,
         )
     (d / "allowed_signers").write_text(allowed_signers_line(d / "alice", "alice@lab") + "\n")
