@@ -153,3 +153,49 @@ def test_quantize_refuses_low_agreement(tmp_path: Path, monkeypatch: pytest.Monk
         )
         != 0
     )
+
+
+def test_compare_tiny_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compare runs every configuration and the paper's protocol, and reports the inflation."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    _make_folders(data, n=6)
+    table = tmp_path / "split.csv"
+    assert (
+        cli.main(
+            ["dataset", str(data), "--sources", "clinic", "--overlap-sources", "--out", str(table)]
+        )
+        == 0
+    )
+    out = tmp_path / "compare"
+    assert (
+        cli.main(
+            [
+                "compare",
+                "--table",
+                str(table),
+                "--data",
+                str(data),
+                "--archs",
+                "thanh",
+                "basic-cnn",
+                "--seeds",
+                "2",
+                "--max-epochs",
+                "1",
+                "--epoch-size",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    report = (out / "COMPARE.md").read_text()
+    assert "| thanh | 1 |" in report and "| basic-cnn | 0 |" in report
+    assert "Inflation of accuracy" in report
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 3 and results["paper_protocol"] is not None
+    # Under the paper's protocol most test photos were also seen in training.
+    assert results["paper_protocol"]["test_photos_also_in_training"] > 0.3
+    assert (out / "figures" / "compare_auc.png").stat().st_size > 1000

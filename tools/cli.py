@@ -136,7 +136,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-epochs", type=int, default=15)
+    p.add_argument("--max-epochs", type=int, default=12)
     p.add_argument("--patience", type=int, default=4)
     p.add_argument(
         "--epoch-size", type=int, default=1024, help="training images drawn per epoch (0: all)"
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--archs", nargs="+", default=["thanh", "basic-cnn", "alexnet"])
     p.add_argument("--seeds", type=int, default=3, help="seeds for the first architecture")
-    p.add_argument("--max-epochs", type=int, default=15)
+    p.add_argument("--max-epochs", type=int, default=12)
     p.add_argument("--epoch-size", type=int, default=1024)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_compare)

@@ -191,6 +191,27 @@ def make_bundle(
     )
 
 
+def failures(test: dict[str, Any], cross: Sequence[dict[str, Any]]) -> list[str]:
+    """Plain statements of every subset where the model fails (AUC < 0.6, or a rate of 0)."""
+    sets = {f"test {k}": v for k, v in {**test["per_source"], **test["per_camera"]}.items()}
+    for c in cross:
+        tag = f"cross-source {'+'.join(c['trained_on'])} -> {'+'.join(c['tested_on'])}"
+        sets[tag] = c["overall"]
+        sets.update({f"{tag}, {cam}": m for cam, m in c["per_camera"].items()})
+    out = []
+    for name, m in sets.items():
+        bad = []
+        if m["roc_auc"] is not None and m["roc_auc"] < 0.6:
+            bad.append(f"ROC AUC {fmt_ci(m, 'roc_auc')} (0.5 is chance)")
+        if m["sensitivity"] == 0.0:
+            bad.append(f"every one of {m['n_leukemia']} leukemia images called negative")
+        if m["specificity"] == 0.0:
+            bad.append(f"every one of {m['n_normal']} normal images called positive")
+        if bad:
+            out.append(f"- **{name}** ({m['n']} images): " + "; ".join(bad) + ".")
+    return out
+
+
 def _cross_rows(cross: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for c in cross:
@@ -229,9 +250,12 @@ def render_report(
         "copies dropped, near duplicates (dHash) and overlapping ALL-IDB1 fields (ORB feature "
         "matching) kept in one group.",
         "",
-        "| split | images |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in counts.items()],
+        "| split | images | by source/label |",
+        "|---|---|---|",
+        *[
+            f"| {k} | {sum(v.values())} | {', '.join(f'{s} {n}' for s, n in v.items())} |"
+            for k, v in counts.items()
+        ],
         "",
         f"Architecture `{cfg['arch']}`, seed {cfg['seed']}, best epoch {run['best_epoch']} of "
         f"{run['epochs_run']} (validation AUC {fmt(run['best_val_auc'])}), "
@@ -307,8 +331,31 @@ def render_card(
                 f"{fmt_ci(cm, 'sensitivity')}, specificity {fmt_ci(cm, 'specificity')}, "
                 f"AUC {fmt_ci(cm, 'roc_auc')}."
             )
+    summary = [
+        f"- Held-out test split (same sources as training): ROC AUC {fmt_ci(o, 'roc_auc')}, "
+        f"sensitivity {fmt_ci(o, 'sensitivity')}, specificity {fmt_ci(o, 'specificity')} "
+        f"at the validation-chosen cut {cut:.4f}.",
+        *[
+            f"- Test, {src} only: ROC AUC {fmt_ci(m, 'roc_auc')}, sensitivity "
+            f"{fmt_ci(m, 'sensitivity')}, specificity {fmt_ci(m, 'specificity')} ({m['n']} images)."
+            for src, m in test["per_source"].items()
+        ],
+        *[
+            f"- Cross-source, trained on {'+'.join(c['trained_on'])} only and tested on "
+            f"{'+'.join(c['tested_on'])}: ROC AUC {fmt_ci(c['overall'], 'roc_auc')}."
+            for c in cross
+        ],
+    ]
     parts = [
         f"# Model card: {name} {version}",
+        "",
+        "## Summary",
+        "",
+        *summary,
+        "",
+        "Failures observed on data the model never saw (listed automatically):",
+        "",
+        *(failures(test, cross) or ["- none flagged"]),
         "",
         "## Intended use",
         "",
@@ -363,8 +410,11 @@ def render_card(
         "intervals.",
         "- kaggle-all's negatives are hematogones (benign B-cell precursors), not healthy "
         "blood; ALL-IDB1's are healthy donors. Whole-field scoring ignores where the cells are.",
-        "- Training is unstable across seeds (see the comparison report beside the bundle); "
-        "this model was chosen by validation AUC only.",
+        "- One threshold does not fit two sources: the cut is chosen on the pooled validation "
+        "split, which is mostly kaggle-all, and ALL-IDB1 probabilities sit elsewhere.",
+        f"- Training is unstable across seeds (see `models/compare/COMPARE.md`); this is seed "
+        f"{cfg['seed']}, the epoch chosen by validation AUC. The CPU training budget "
+        f"({cfg['max_epochs']} epochs of {cfg['epoch_size']} images) under-trains the network.",
         "- Trained on still photos through a microscope at 300-500x: other magnifications, "
         "thick or badly stained smears, or non-smear images give meaningless outputs.",
         "",

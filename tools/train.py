@@ -29,7 +29,7 @@ class TrainConfig:
 
     arch: str = "thanh"
     seed: int = 0
-    max_epochs: int = 15
+    max_epochs: int = 12
     patience: int = 4
     batch_size: int = 32
     #: Training images drawn (without replacement) per epoch; 0 means all of them.
