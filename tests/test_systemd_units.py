@@ -201,3 +201,69 @@ def test_sudoers_rule_parses_and_is_narrow() -> None:
     # One grant: the model commands, as the appliance user, never as root.
     assert grants == ["%leukoscope-maint ALL=(leukoscope) NOPASSWD: LEUKOSCOPE_MODEL"]
     assert f"Cmnd_Alias LEUKOSCOPE_MODEL = {INSTALLED_EXEC} model *" in rule.read_text()
+
+
+# Runs inside `unshare --mount`: fake users, the rule and a stand-in leukoscope command
+# are bind-mounted over /etc and /opt in that private namespace only, then real sudo is
+# asked what each user may do. It refuses to mount anything unless it is in a new mount
+# namespace and its work folder is the test's own.
+SUDO_PROBE = r"""
+set -eu
+fake=$1 rule=$2 host_ns=$3
+[ "$(readlink /proc/self/ns/mnt)" != "$host_ns" ] || { echo "not in a private namespace"; exit 97; }
+case "$fake" in /tmp/*|/var/tmp/*) ;; *) echo "refusing work folder $fake"; exit 97 ;; esac
+mkdir -p "$fake/etc" "$fake/sudoers.d" "$fake/opt/leukoscope/venv/bin"
+cp /etc/passwd /etc/group "$fake/etc/"
+if [ -r /etc/shadow ]; then cp /etc/shadow "$fake/etc/shadow"; else : >"$fake/etc/shadow"; fi
+printf '%s\n' 'leukoscope:x:64990:64990::/nonexistent:/usr/sbin/nologin' \
+  'maint:x:64991:64991::/tmp:/bin/sh' 'outsider:x:64992:64992::/tmp:/bin/sh' >>"$fake/etc/passwd"
+printf '%s\n' 'leukoscope:x:64990:' 'maint:x:64991:' 'outsider:x:64992:' \
+  'leukoscope-maint:x:64993:maint' >>"$fake/etc/group"
+printf '%s\n' 'leukoscope:!:19000::::::' 'maint:!:19000::::::' \
+  'outsider:!:19000::::::' >>"$fake/etc/shadow"
+install -m 0440 "$rule" "$fake/sudoers.d/leukoscope"
+printf '#!/bin/sh\necho "ran as $(id -un): $*"\n' >"$fake/opt/leukoscope/venv/bin/leukoscope"
+chmod 755 "$fake/opt/leukoscope/venv/bin/leukoscope"
+for f in passwd group shadow; do mount --bind "$fake/etc/$f" "/etc/$f"; done
+mount --bind "$fake/sudoers.d" /etc/sudoers.d
+mount --bind "$fake/opt" /opt
+set +e
+exe=/opt/leukoscope/venv/bin/leukoscope
+try() { echo "== $*"; runuser -u "$1" -- sudo -n "${@:2}" 2>&1; echo "rc=$?"; }
+try maint -u leukoscope "$exe" model install /var/lib/leukoscope-incoming/b
+try maint "$exe" model install /x
+try maint -u leukoscope "$exe" run
+try maint -u leukoscope /bin/sh -c id
+try outsider -u leukoscope "$exe" model list
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a private mount namespace")
+def test_sudoers_rule_grants_only_the_model_commands_as_leukoscope(tmp_path: Path) -> None:
+    """Real sudo: a maintainer may run `leukoscope model ...` as leukoscope, nothing more."""
+    need("sudo")
+    need("runuser")
+    unshare = need("unshare")
+    if not str(tmp_path).startswith(("/tmp/", "/var/tmp/")):
+        pytest.skip(f"the probe only works under /tmp, not {tmp_path}")
+    script = tmp_path / "probe.sh"
+    script.write_text(SUDO_PROBE)
+    host_ns = os.readlink("/proc/self/ns/mnt")
+    result = subprocess.run(
+        [unshare, "--mount", "--propagation", "private", "bash", str(script),
+         str(tmp_path / "fake"), str(SYSTEMD / "leukoscope.sudoers"), host_ns],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    if result.returncode != 0 and "== " not in result.stdout:
+        pytest.skip(f"no private mount namespace here: {result.stdout}{result.stderr}".strip())
+    runs = result.stdout.split("== ")[1:]
+    assert len(runs) == 5, result.stdout + result.stderr
+    allowed, as_root, other_command, shell, outsider = runs
+    assert "ran as leukoscope: model install /var/lib/leukoscope-incoming/b" in allowed
+    assert allowed.rstrip().endswith("rc=0")
+    for refused in (as_root, other_command, shell, outsider):
+        assert "ran as" not in refused, refused
+        assert not refused.rstrip().endswith("rc=0"), refused
