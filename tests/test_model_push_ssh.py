@@ -346,3 +346,22 @@ def test_rollback_over_ssh_returns_to_the_previous_model(
     assert f"rolled back to {previous['id']}" in res.stdout
     assert daemon_sha(appliance) == previous["model_sha256"]
     assert appliance.capture()["model_sha256"] == previous["model_sha256"]
+
+
+def test_one_line_per_host_and_a_failure_if_any_host_failed(
+    sshd: Sshd,
+    appliance: Appliance,
+    signed: list[Path],  # noqa: F811
+):
+    res = subprocess.run(
+        [BIN / "leukoscope-tools", "push", str(signed[2]), f"{sshd.user}@127.0.0.1",
+         f"{sshd.user}@no-such-pi.invalid", *sshd.push_args(),
+         "--incoming", str(appliance.incoming), "--remote-leukoscope", appliance.remote()],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 1
+    lines = res.stdout.splitlines()
+    assert any(ln.startswith(f"{sshd.user}@127.0.0.1: ok:") for ln in lines), res.stdout
+    bad = next(ln for ln in lines if ln.startswith(f"{sshd.user}@no-such-pi.invalid: FAILED"))
+    assert "cannot reach" in bad
+    assert "1 of 2 host(s) failed" in res.stderr

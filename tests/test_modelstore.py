@@ -330,3 +330,14 @@ def test_sigkill_at_each_install_step_leaves_a_complete_model(
     leftovers = [p.name for p in (*store.root.iterdir(), *store.versions.iterdir())]
     assert not [n for n in leftovers if n.startswith((".tmp-", ".trash-")) or n.endswith(".link")]
     assert {v.version for v in store.list()} == {"1.0.2", "1.0.3"}
+
+
+def test_sign_refuses_a_bundle_that_does_not_match_its_manifest(
+    signed: list[Path], keys: Path, tmp_path: Path
+):
+    bad = shutil.copytree(signed[0], tmp_path / "bad")
+    _tampered_tflite(bad, keys)
+    (bad / SIGNATURE_FILE).unlink()
+    with pytest.raises(BundleError, match="model.tflite: sha256 does not match"):
+        sign(bad, keys / "alice")
+    assert not (bad / SIGNATURE_FILE).exists()
