@@ -75,3 +75,81 @@ def test_button_blurred_dark_and_corrupt_frames(daemon: DaemonProcess, tmp_path:
     assert [r[1] for r in rows] == [first["outcome"], "retake", "retake", "fault", again["outcome"]]
     assert rows[0][0] == "button"
     assert not (tmp_path / "state" / "control.sock").exists()
+
+
+def test_real_gpiozero_button_press_while_busy_is_ignored(
+    tmp_path: Path, session_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In-process: MockFactory drives the real gpiozero Button wired to the real Daemon."""
+    import threading
+
+    from gpiozero.pins.mock import MockFactory
+
+    from leukoscope.bundle import load_bundle
+    from leukoscope.camera import CameraOwner, open_backend
+    from leukoscope.config import load_config
+    from leukoscope.daemon import Daemon
+    from leukoscope.gpio import CaptureButton
+    from leukoscope.indicator import GpioIndicator
+    from leukoscope.sdnotify import Notifier
+    from leukoscope.store import Store
+    from tests.daemon_helpers import good_field, wait_until, write_rgb
+
+    caplog.set_level("INFO", logger="leukoscope.daemon")
+    write_rgb(tmp_path / "replay" / "00.png", good_field(0))
+    # A long simulated exposure keeps the first capture busy while the button is pressed again.
+    cfg = load_config(
+        daemon_config(
+            tmp_path, session_bundle, tmp_path / "replay", camera__replay={"exposure_ms": 700}
+        )
+    )
+    factory = MockFactory()
+    indicator = GpioIndicator(
+        green=cfg.gpio.led_green,
+        amber=cfg.gpio.led_amber,
+        red=cfg.gpio.led_red,
+        buzzer=cfg.gpio.buzzer,
+        pin_factory=factory,
+    )
+    store = Store(cfg.paths.database, cfg.paths.images_dir)
+    camera = CameraOwner(open_backend(cfg.camera), cfg.camera)
+    daemon = Daemon(
+        cfg,
+        notifier=Notifier({}),
+        indicator=indicator,
+        store=store,
+        bundle=load_bundle(cfg.paths.bundle),
+        camera=camera,
+        pin_factory=factory,
+    )
+    button = CaptureButton(
+        cfg.gpio.button,
+        bounce_ms=cfg.gpio.bounce_ms,
+        pin_factory=factory,
+        on_press=daemon.on_button,
+    )
+    loop = threading.Thread(target=daemon.serve)
+    loop.start()
+    try:
+        wait_until(lambda: daemon.state.phase == "ready", 10, "ready")
+        pin = factory.pin(cfg.gpio.button)
+        for _ in range(3):  # contact chatter on one press
+            pin.drive_low()
+            pin.drive_high()
+        wait_until(lambda: daemon.state.phase == "busy", 10, "busy")
+        pin.drive_low()  # a second press while the first capture runs
+        pin.drive_high()
+        assert daemon.state.wait_for_result(0, 30) == 1
+        ticket = daemon.request_capture("control")
+        assert ticket is not None and ticket.done.wait(30)
+        triggers = [r["trigger"] for r in reversed(store.recent())]
+        assert triggers == ["button", "control"]  # the busy press was dropped, not queued
+        assert "capture request from button ignored: busy" in caplog.text
+    finally:
+        daemon.stop()
+        loop.join(30)
+        button.close()
+        camera.close()
+        store.close()
+        indicator.close()
+        factory.close()
