@@ -6,6 +6,8 @@ VENV_NP124 := .venv-np124
 PY := $(VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 RUN_DIR := .run
+# The laptop config: replay camera over $(RUN_DIR)/demo-images, mock GPIO, state in $(RUN_DIR)/state.
+RUN_CONFIG ?= device/configs/laptop.toml
 
 .PHONY: run test lint typecheck unit test-np124 bench clean help system-deps
 
@@ -29,8 +31,9 @@ $(VENV_NP124)/.installed: pyproject.toml constraints/np124.txt constraints/pi.tx
 	touch $@
 
 run: $(VENV)/.installed
-	$(VENV)/bin/leukoscope demo-images $(RUN_DIR)/demo-images
-	$(VENV)/bin/leukoscope classify $(RUN_DIR)/demo-images
+	$(VENV)/bin/leukoscope demo-images $(RUN_DIR)/demo-images >/dev/null
+	@echo "take a photo from another terminal: $(VENV)/bin/leukoscope capture --config $(RUN_CONFIG)"
+	$(VENV)/bin/leukoscope run --config $(RUN_CONFIG)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check device tools tests

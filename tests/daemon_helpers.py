@@ -84,6 +84,7 @@ def daemon_config(tmp: Path, bundle: Path, replay: Path, **overrides: dict[str, 
         "retention": {"min_free_mb": 1},
         "daemon": {"log_level": "debug", "startup_fault_hold_s": 0.5},
         "model": {"threads": 1},
+        "web": {"enabled": False},  # the status page has its own tests
     }
     for key, values in overrides.items():
         sections.setdefault(key.replace("__", "."), {}).update(values)
