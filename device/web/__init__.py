@@ -27,7 +27,7 @@ from flask import (
     session,
     url_for,
 )
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 from werkzeug.wrappers import Response as WResponse
 
 from leukoscope import __version__
@@ -109,7 +109,6 @@ def create_app(source: StatusSource, config: WebConfig) -> Flask:
         SESSION_COOKIE_SAMESITE="Strict",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=config.session_hours),
         MAX_CONTENT_LENGTH=16 * 1024,  # no uploads: forms and small JSON bodies only
-        JSON_SORT_KEYS=False,
         TRAP_HTTP_EXCEPTIONS=False,
         PROPAGATE_EXCEPTIONS=False,
     )
@@ -139,6 +138,9 @@ def create_app(source: StatusSource, config: WebConfig) -> Flask:
 
 def _check_access() -> WResponse | None:
     """Reads may need a login (config); state-changing requests need a CSRF token."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge(f"request bodies are limited to {limit} bytes")
     g.logged_in = logged_in()
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token")

@@ -360,6 +360,7 @@ def main(
         quiet = _captures(session, captures)
         browser = _phase(session, daemon.port, clients, interval, captures)
         saturating = _phase(session, daemon.port, clients, 0.0, captures)
+        quiet_again = _captures(session, captures)
     times = [r["trigger_to_indicator"] for r in quiet]
     print(
         f"{captures} captures back to back per phase; trigger to indicator, measured by the daemon"
@@ -369,6 +370,13 @@ def main(
         f"  p95 {_pct(times, 0.95):.1f}  max {max(times):.1f}"
     )
     print(f"  stage medians (ms): {_stages(quiet)}")
+    again = [r["trigger_to_indicator"] for r in quiet_again]
+    print(
+        f"without load, again at the end: median {statistics.median(again):.1f} ms"
+        f"  max {max(again):.1f}  (noise floor: median x"
+        f"{statistics.median(again) / statistics.median(times):.2f},"
+        f" slowest x{max(again) / max(times):.2f}; other work on this machine shows here)"
+    )
     ok = _report(
         f"{clients} clients, each polling every {interval * 1000:.0f} ms",
         browser[0],
