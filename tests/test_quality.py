@@ -60,3 +60,24 @@ def test_real_smears_pass_and_their_degraded_copies_fail(shared_data: Path) -> N
     for kind, want in EXPECTED.items():
         passed = [p for p, m in results[kind] if not want & set(th.check(m))]
         assert passed == [], f"{kind}: {len(passed)} not refused, e.g. {passed[:3]}"
+
+
+def test_classify_answers_retake_with_the_reason(
+    tmp_path: Path, session_bundle: Path, smear: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from leukoscope.cli import main
+
+    good = tmp_path / "good.png"
+    blurred = tmp_path / "blurred.png"
+    cv2.imwrite(str(good), cv2.cvtColor(smear, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(blurred), cv2.cvtColor(degraded(smear)["blurred"], cv2.COLOR_RGB2BGR))
+    assert (
+        main(["classify", "--json", "--bundle", str(session_bundle), str(good), str(blurred)]) == 0
+    )
+    rows = {Path(r["file"]).name: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["good.png"]["verdict"] != "retake" and rows["good.png"]["p_leukemia"] is not None
+    assert rows["blurred.png"]["verdict"] == "retake"
+    assert rows["blurred.png"]["retake_reasons"] == ["out-of-focus"]
+    assert rows["blurred.png"]["p_leukemia"] is None
