@@ -40,9 +40,20 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_model(args: argparse.Namespace) -> int:
     """Load the config and run one model subcommand."""
-    from leukoscope.config import config_path, load_config
-    from leukoscope.modelstore import ModelStore, settings_from_config
+    from leukoscope.config import DEFAULT_CONFIG_PATH, config_path, load_config
+    from leukoscope.modelstore import ModelStore, ModelStoreError, settings_from_config
 
+    if (
+        args.config is not None
+        and Path(args.config).absolute() != DEFAULT_CONFIG_PATH
+        and "SUDO_USER" in os.environ
+        and os.geteuid() != 0
+    ):
+        # The sudo rule lets maintainers run these as the appliance's user; another config
+        # could name no allowed signers and so skip the signature check.
+        raise ModelStoreError(
+            f"--config other than {DEFAULT_CONFIG_PATH} is not allowed through sudo"
+        )
     store = ModelStore(settings_from_config(load_config(config_path(args.config))))
     cmd = args.model_command
     if cmd == "list":

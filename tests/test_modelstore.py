@@ -341,3 +341,22 @@ def test_sign_refuses_a_bundle_that_does_not_match_its_manifest(
     with pytest.raises(BundleError, match="model.tflite: sha256 does not match"):
         sign(bad, keys / "alice")
     assert not (bad / SIGNATURE_FILE).exists()
+
+
+def test_through_sudo_the_pis_own_config_applies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    # Another config could drop the allowed signers: the sudo rule must not allow one.
+    from leukoscope.cli import main
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'[paths]\nstate_dir = "{tmp_path}"\nbundle = "{tmp_path / "models/active"}"\n'
+        '[camera]\nbackend = "replay"\n[camera.replay]\nfolder = "/nonexistent"\n'
+        '[gpio]\npin_factory = "mock"\n'
+    )
+    assert main(["model", "--config", str(cfg), "list"]) == 0
+    monkeypatch.setenv("SUDO_USER", "maintainer")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert main(["model", "--config", str(cfg), "list"]) == 2
+    assert "is not allowed through sudo" in capsys.readouterr().err
