@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 from leukoscope.config import CameraConfig
@@ -200,7 +201,19 @@ def decode_still(still: Still, min_size: tuple[int, int] | None = None) -> np.nd
         ImageError: the camera delivered something that is not a usable image.
     """
     if still.rgb is not None:
-        return as_rgb8(still.rgb)
+        return _reduce(as_rgb8(still.rgb), min_size)
     if still.data is None:
         raise CameraError(f"{still.source}: the camera returned no image")
     return load_image(still.data, min_size=min_size)
+
+
+def _reduce(rgb: np.ndarray, min_size: tuple[int, int] | None) -> np.ndarray:
+    """Shrink live-camera pixels by 2, 4 or 8 while still at least `min_size`, as a JPEG
+    still is decoded (draft mode), so both reach the gate and the model at the same scale."""
+    if min_size is None:
+        return rgb
+    h, w = rgb.shape[:2]
+    for k in (8, 4, 2):
+        if w // k >= min_size[0] and h // k >= min_size[1]:
+            return cv2.resize(rgb, (w // k, h // k), interpolation=cv2.INTER_AREA)
+    return rgb
