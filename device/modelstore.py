@@ -281,7 +281,7 @@ class DaemonLink:
         """
         deadline = time.monotonic() + self.settings.reload_timeout_s
         pid0, reloads0 = before.get("pid"), int(before.get("reloads") or 0)
-        error0 = before.get("model_error")
+        error0 = _model_error(before)
         last = "the daemon did not reload"
         while time.monotonic() < deadline:
             status = self.status()
@@ -289,7 +289,7 @@ class DaemonLink:
                 last = "the daemon stopped answering"
             else:
                 model = status.get("model") or {}
-                error = status.get("model_error")
+                error = _model_error(status)
                 restarted = status.get("pid") != pid0
                 reloaded = restarted or int(status.get("reloads") or 0) > reloads0
                 if reloaded and model.get("sha256") == model_sha256 and not error:
@@ -303,6 +303,12 @@ class DaemonLink:
                     last = f"the restarted daemon is {status.get('phase')} without the new model"
             time.sleep(0.2)
         return f"{last} within {self.settings.reload_timeout_s:.0f} s"
+
+
+def _model_error(status: dict[str, Any]) -> str | None:
+    """Why the daemon's model is not healthy (a failed reload, a model fault), or None."""
+    error = status.get("model_error") or (status.get("faults") or {}).get("model")
+    return str(error) if error else None
 
 
 class ModelStore:
