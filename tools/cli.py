@@ -106,9 +106,15 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Re-evaluate a bundle on its recorded test split and compare with its manifest."""
-    from leukoscope_tools.evaluate import reevaluate_bundle
+    from leukoscope_tools.evaluate import reevaluate
+    from leukoscope_tools.report import metrics_table
 
-    diffs = reevaluate_bundle(args.bundle, args.data)
+    now, diffs = reevaluate(args.bundle, args.data)
+    if now:
+        sections = {"test all": now["overall"]}
+        sections.update({f"test {k}": v for k, v in now["per_source"].items()})
+        sections.update({f"test {k}": v for k, v in now["per_camera"].items()})
+        print(metrics_table(sections))
     if diffs:
         for line in diffs:
             print(f"MISMATCH {line}")

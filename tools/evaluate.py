@@ -109,7 +109,12 @@ def _diff(path: str, want: Any, got: Any, tol: float, out: list[str]) -> None:
 
 
 def reevaluate_bundle(bundle_dir: Path, root: Path, tol: float = 1e-3) -> list[str]:
-    """Re-run a bundle on its recorded test split; return the metrics that differ.
+    """Re-run a bundle on its recorded test split; return the metrics that differ."""
+    return reevaluate(bundle_dir, root, tol)[1]
+
+
+def reevaluate(bundle_dir: Path, root: Path, tol: float = 1e-3) -> tuple[dict[str, Any], list[str]]:
+    """Re-run a bundle on its recorded test split: (metrics now, differences from the record).
 
     The split travels in the bundle (`split.csv`: paths and sha256, no images); a data
     file whose hash differs from the record is reported instead of silently used.
@@ -123,7 +128,7 @@ def reevaluate_bundle(bundle_dir: Path, root: Path, tol: float = 1e-3) -> list[s
         if got != row.sha256:
             diffs.append(f"{row.path}: data file differs from the recorded split")
     if diffs:
-        return diffs
+        return {}, diffs
     recorded = manifest["metrics"]
     th = manifest["thresholds"]
     p = bundle_probs(bundle_dir, root, test_rows)
@@ -131,4 +136,4 @@ def reevaluate_bundle(bundle_dir: Path, root: Path, tol: float = 1e-3) -> list[s
     out: list[str] = []
     _diff("metrics.test", recorded["test"], now, tol, out)
     logger.info("re-evaluated %d test images: %d differences", len(test_rows), len(out))
-    return out
+    return now, out
