@@ -55,6 +55,8 @@ CREATE INDEX IF NOT EXISTS results_created ON results (created_unix);
 CREATE INDEX IF NOT EXISTS results_image ON results (image_deleted, created_unix);
 """
 TMP_DIR = ".tmp"
+#: More unreferenced (or missing) images than a few crashes can explain: touch nothing.
+MAX_CRASH_ORPHANS = 5
 
 
 @dataclass
@@ -286,7 +288,12 @@ class Store:
 
     def recover(self) -> None:
         """Remove what a crash can leave: temporary files and unreferenced images;
-        mark records whose image vanished (someone deleted it) as image-deleted."""
+        mark records whose image vanished (someone deleted it) as image-deleted.
+
+        A crash leaves at most one unreferenced image, so many of them mean the database
+        was replaced, and every image missing means the folder is not mounted: in both
+        cases nothing is deleted or marked, and the error says why.
+        """
         tmp_removed = 0
         for part in (self.images_dir / TMP_DIR).iterdir():
             part.unlink(missing_ok=True)
@@ -296,27 +303,44 @@ class Store:
                 "SELECT id, image_path, image_deleted FROM results WHERE image_path IS NOT NULL"
             ).fetchall()
             live = {r["image_path"] for r in rows if not r["image_deleted"]}
-            orphans = 0
+            orphans: list[Path] = []
             for dirpath, dirnames, filenames in os.walk(self.images_dir):
                 if Path(dirpath) == self.images_dir:
                     dirnames[:] = [d for d in dirnames if d != TMP_DIR]
                 for name in filenames:
                     path = Path(dirpath) / name
                     if path.relative_to(self.images_dir).as_posix() not in live:
-                        path.unlink(missing_ok=True)
-                        orphans += 1
+                        orphans.append(path)
             missing = [
                 r
                 for r in rows
                 if not r["image_deleted"] and not (self.images_dir / r["image_path"]).exists()
             ]
+            if len(orphans) > MAX_CRASH_ORPHANS:
+                logger.error(
+                    "store recovery: %d images in %s have no record (was the database "
+                    "replaced?); leaving them alone",
+                    len(orphans),
+                    self.images_dir,
+                )
+                orphans = []
+            if len(missing) > MAX_CRASH_ORPHANS and len(missing) == len(live):
+                logger.error(
+                    "store recovery: none of the %d recorded images is in %s (not mounted?); "
+                    "leaving the records alone",
+                    len(missing),
+                    self.images_dir,
+                )
+                missing = []
+            for path in orphans:
+                path.unlink(missing_ok=True)
             self._delete_images(missing)
         if tmp_removed or orphans or missing:
             logger.warning(
                 "store recovery: removed %d partial and %d unreferenced image(s); "
                 "%d record(s) had lost their image",
                 tmp_removed,
-                orphans,
+                len(orphans),
                 len(missing),
             )
 

@@ -128,3 +128,28 @@ def test_close_is_idempotent(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(StoreError, match="closed"):
         s.recent()
+
+
+def test_recover_leaves_images_alone_when_the_database_was_replaced(tmp_path: Path) -> None:
+    first = Store(tmp_path / "db.sqlite3", tmp_path / "images")
+    for _ in range(8):
+        first.add(rec(), b"precious", ".jpg")
+    first.close()
+    (tmp_path / "db.sqlite3").rename(tmp_path / "moved.sqlite3")
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"db.sqlite3{suffix}").unlink(missing_ok=True)
+    fresh = Store(tmp_path / "db.sqlite3", tmp_path / "images")
+    fresh.recover()
+    assert len(list(_images(fresh))) == 8
+    fresh.close()
+
+
+def test_recover_leaves_records_alone_when_no_image_is_there(tmp_path: Path) -> None:
+    s = Store(tmp_path / "db.sqlite3", tmp_path / "images")
+    ids = [s.add(rec(), b"img", ".jpg") for _ in range(8)]
+    s.close()
+    (tmp_path / "images").rename(tmp_path / "unmounted")
+    s = Store(tmp_path / "db.sqlite3", tmp_path / "images")
+    s.recover()
+    assert not any((s.get(i) or {})["image_deleted"] for i in ids)
+    s.close()
