@@ -360,3 +360,53 @@ def test_through_sudo_the_pis_own_config_applies(
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert main(["model", "--config", str(cfg), "list"]) == 2
     assert "is not allowed through sudo" in capsys.readouterr().err
+
+
+CRASHING_DAEMON = """
+import os, signal, sys, time
+from pathlib import Path
+from leukoscope.bundle import read_manifest
+from leukoscope.control import ControlServer
+
+class Daemon:
+    # Answers status like the real daemon, and dies on SIGHUP like a model that crashes it.
+    def control(self, request):
+        m = read_manifest(Path(sys.argv[2]))
+        model = {"name": m.name, "version": m.version, "sha256": m.model_sha256}
+        return {"ok": True, "state": {"model": model, "model_error": None, "reloads": 0,
+                                      "faults": {}, "phase": "ready"}}
+
+signal.signal(signal.SIGHUP, lambda *a: os._exit(70))
+server = ControlServer(Path(sys.argv[1]), Daemon())
+server.start()
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_model_that_crashes_the_daemon_is_rolled_back(
+    signed: list[Path], keys: Path, tmp_path: Path
+):
+    sock = tmp_path / "control.sock"
+    store = ModelStore(
+        settings(tmp_path, keys, reload="signal", reload_timeout_s=3.0, control_socket=sock)
+    )
+    store.install(signed[0], activate=True, report=quiet)
+    daemon = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_DAEMON, str(sock), str(store.root / ACTIVE)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert daemon.stdout is not None and daemon.stdout.readline().strip() == "ready"
+        with pytest.raises(
+            ModelStoreError, match="stopped answering.*rolled back to tiny-test-1.0.1"
+        ):
+            store.install(signed[1], activate=True, report=quiet)
+        assert daemon.wait(10) == 70, "the daemon got the reload signal"
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    assert active_model(store) == "1.0.1"
+    assert store.link(PREVIOUS) is None
