@@ -149,16 +149,18 @@ class DaemonSource:
         return {"result_seq": seq}
 
     def preview(self) -> Preview:
-        """See StatusSource."""
-        with self._preview_lock:
-            last = self._preview
-            busy = self.daemon.state.phase == "busy"
-            if last is not None and (busy or time.time() - last.taken_at < PREVIEW_INTERVAL_S):
-                return Preview(last.jpeg, last.focus, last.good_enough, busy, last.taken_at)
-            if busy:
-                raise CaptureRefusedError(
-                    "a capture is running; the live view resumes after it", 503
-                )
+        """See StatusSource. One browser refreshes the frame; the others get the last one."""
+        last = self._preview
+        busy = self.daemon.state.phase == "busy"
+        fresh = last is not None and time.time() - last.taken_at < PREVIEW_INTERVAL_S
+        if last is not None and (busy or fresh):
+            return Preview(last.jpeg, last.focus, last.good_enough, busy, last.taken_at)
+        if busy:
+            raise CaptureRefusedError("a capture is running; the live view resumes after it", 503)
+        if not self._preview_lock.acquire(blocking=last is None):
+            assert last is not None  # someone is refreshing it; theirs comes next time
+            return last
+        try:
             try:
                 frame = self.daemon.camera.preview_frame()
             except CameraError as exc:
@@ -170,6 +172,8 @@ class DaemonSource:
             good = frame.focus >= self.cfg.quality.min_focus
             self._preview = Preview(buf.tobytes(), frame.focus, good, frame.paused, time.time())
             return self._preview
+        finally:
+            self._preview_lock.release()
 
     # --- health, models, metrics ---------------------------------------------------------------
 
