@@ -225,7 +225,9 @@ def test_deleted_image_is_404_but_the_record_stays(client, source):
     rec = source.add_record("retake", image_deleted=True)
     assert client.get(f"/api/results/{rec['id']}/image").status_code == 404
     assert client.get(f"/api/results/{rec['id']}").status_code == 200
-    assert "deleted by retention" in client.get(f"/results/{rec['id']}").get_data(as_text=True)
+    page = client.get(f"/results/{rec['id']}").get_data(as_text=True)
+    assert "deleted by retention" in page
+    assert re.search(r"<th>retake_reasons</th><td>out-of-focus</td>", page)
 
 
 @pytest.mark.parametrize(
