@@ -39,8 +39,8 @@ class DetectParams:
 
     #: Minimum "purple" optical density (OD green - OD blue) of a nucleus pixel.
     purple_min: float = 0.35
-    #: Smallest nucleus kept (um^2); platelets are 2-3 um across (< 8 um^2).
-    min_area_um2: float = 8.0
+    #: Smallest nucleus kept (um^2); platelets are 2-4 um across (< 12 um^2).
+    min_area_um2: float = 12.0
     #: Largest single nucleus (um^2); bigger segments are kept but flagged as clumps.
     max_area_um2: float = 400.0
     #: Pieces too small for a nucleus this close (um) are one cell's lobes.
@@ -48,8 +48,8 @@ class DetectParams:
     #: Gaps closed inside one nucleus (lobes of a neutrophil, pale chromatin), um.
     close_um: float = 1.0
     #: A touching neighbour becomes its own cell when its core is at least this
-    #: radius (um) deep: blast and lymphocyte nuclei are >= 3 um, neutrophil lobes less.
-    split_min_radius_um: float = 2.5
+    #: radius (um) deep (the cores are smaller than the nuclei they sit in).
+    split_min_radius_um: float = 2.0
     #: Two cores closer than this (um) are one nucleus.
     split_min_distance_um: float = 5.0
     #: A core is stain above this fraction of the strongest stain nearby.
@@ -233,9 +233,11 @@ def detect_white_cells(
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _disc(0.5 * work_scale))
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _disc(params.close_um * work_scale))
     mask = _fill_holes(mask)
-    labels = _split_touching(mask, stain, work_scale, params)
+    labels, depth = _split_touching(mask, stain, work_scale, params)
     labels = _join_lobes(labels, mask, work_scale, params)
-    cells = _measure(labels, work_scale, factor, params)
+    # Centres are weighted by depth into the cores: on the nucleus, not on a smudge or
+    # pale cytoplasm that shares its segment.
+    cells = _measure(labels, depth + 1e-3 * stain, work_scale, factor, params)
     return Detection(cells, scale, (float(bg[0]), float(bg[1]), float(bg[2])))
 
 
@@ -261,17 +263,19 @@ def _cores(
 
 def _split_touching(
     mask: np.ndarray, stain: np.ndarray, work_scale: float, params: DetectParams
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Label image (int32, 0 background): one label per nucleus, touching ones split.
+
+    Also returns the map the markers were found on (deepest at nucleus centres).
 
     Markers are the deep points of the cores; the flood follows the distance into the
     cores plus the stain, so boundaries fall on the pale rims between nuclei.
     """
     n, comp = cv2.connectedComponents(mask, connectivity=8)
     if n <= 1:
-        return comp.astype(np.int32)
+        return comp.astype(np.int32), np.zeros(mask.shape, np.float32)
     dist = cv2.distanceTransform(_cores(stain, mask, work_scale, params), cv2.DIST_L2, 5)
-    # Cores: points that are the deepest within the minimum split distance.
+    # Markers: core points that are the deepest within the minimum split distance.
     sep = params.split_min_distance_um * work_scale
     peaks = (dist >= cv2.dilate(dist, _disc(sep))) & (
         dist >= params.split_min_radius_um * work_scale
@@ -284,33 +288,45 @@ def _split_touching(
         # Merge plateau pixels of one peak; label cores by component first hit.
         markers[peak_lab > 0] = peak_lab[peak_lab > 0]
         has_core[np.unique(comp[peak_lab > 0])] = True
-    next_label = n_peaks
-    for c in np.flatnonzero(~has_core):
-        if c == 0:
-            continue
-        ys, xs = np.nonzero(comp == c)
-        k = int(np.argmax(dist[ys, xs]))
-        markers[ys[k], xs[k]] = next_label
-        next_label += 1
+    has_core[0] = True
+    missing = np.flatnonzero(~has_core)
+    if missing.size:
+        # The deepest pixel of each component without a core: sort by component, then depth.
+        inside = np.flatnonzero(comp.ravel())
+        c_in = comp.ravel()[inside]
+        order = np.lexsort((-dist.ravel()[inside], c_in))
+        first = np.searchsorted(c_in[order], missing)
+        markers.ravel()[inside[order[first]]] = np.arange(n_peaks, n_peaks + missing.size)
+    next_label = n_peaks + missing.size
     if next_label - 1 == n - 1:
         # One core per component: nothing to split.
-        return comp.astype(np.int32)
-    markers[mask == 0] = 0
-    # No background marker: it would flood into a nucleus through a pale gap before the
-    # nucleus's own marker got there. Outside the mask is the highest ground instead, so
-    # every component fills from its own markers first.
-    height = dist / max(1.0, float(dist.max())) + stain / max(1e-3, float(stain.max()))
-    span = max(1e-6, float(height.max() - height.min()))
-    relief = ((height.max() - height) * (254.0 / span)).astype(np.uint8)
-    relief[mask == 0] = 255
-    cv2.watershed(cv2.merge([relief, relief, relief]), markers)
-    markers[mask == 0] = 0
-    # Watershed lines (-1) inside the mask go to a neighbouring nucleus.
-    lines = markers < 0
-    if lines.any():
-        grown = cv2.dilate(np.maximum(markers, 0).astype(np.float32), _disc(1))
-        markers[lines] = grown[lines].astype(np.int32)
-    return markers
+        return comp.astype(np.int32), dist
+    return _nearest_marker(markers, comp), dist
+
+
+def _nearest_marker(markers: np.ndarray, comp: np.ndarray) -> np.ndarray:
+    """Give every pixel of a component the label of the nearest marker in that component.
+
+    A Voronoi split: for round nuclei of similar size the cut falls where they touch.
+    (OpenCV's watershed floods by local colour differences, so across a flat background
+    one nucleus's marker can leak into a neighbouring component; this cannot.)
+    """
+    free = (markers == 0).astype(np.uint8)
+    _, near = cv2.distanceTransformWithLabels(free, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    # `near` numbers the marker pixels themselves (1..K, in scan order); map them to markers.
+    marker_pixels = markers > 0
+    to_marker = np.zeros(int(near.max()) + 1, np.int32)
+    to_marker[near[marker_pixels]] = markers[marker_pixels]
+    out = to_marker[near]
+    # A pixel closer to another component's marker goes to one of its own component's.
+    comp_of_marker = np.zeros(int(markers.max()) + 1, np.int32)
+    comp_of_marker[markers[marker_pixels]] = comp[marker_pixels]
+    marker_of_comp = np.zeros(int(comp.max()) + 1, np.int32)
+    marker_of_comp[comp[marker_pixels]] = markers[marker_pixels]
+    stray = comp_of_marker[out] != comp
+    out[stray] = marker_of_comp[comp[stray]]
+    out[comp == 0] = 0
+    return out
 
 
 def _join_lobes(
@@ -334,31 +350,35 @@ def _join_lobes(
 
 
 def _measure(
-    labels: np.ndarray, work_scale: float, factor: float, params: DetectParams
+    labels: np.ndarray,
+    weight_map: np.ndarray,
+    work_scale: float,
+    factor: float,
+    params: DetectParams,
 ) -> list[WhiteCell]:
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    if ids.size == 0:
-        return []
+    """One WhiteCell per label big enough, centred on its `weight_map`-weighted centroid."""
     flat = labels.ravel()
-    order = np.argsort(flat, kind="stable")
-    sorted_labels = flat[order]
-    starts = np.searchsorted(sorted_labels, ids, side="left")
-    ends = np.searchsorted(sorted_labels, ids, side="right")
-    width = labels.shape[1]
+    n = int(flat.max()) + 1 if flat.size else 1
+    if n <= 1:
+        return []
+    weight = np.clip(weight_map, 1e-6, None).ravel().astype(np.float64)
+    ys, xs = np.indices(labels.shape)
+    areas = np.bincount(flat, minlength=n)
+    w_sum = np.bincount(flat, weights=weight, minlength=n)
+    x_sum = np.bincount(flat, weights=weight * xs.ravel(), minlength=n)
+    y_sum = np.bincount(flat, weights=weight * ys.ravel(), minlength=n)
     px_area_um2 = 1.0 / work_scale**2
     cells = []
-    for start, end in zip(starts, ends, strict=True):
-        idx = order[start:end]
-        area_um2 = (end - start) * px_area_um2
-        if area_um2 < params.min_area_um2:
+    for k in range(1, n):
+        area_um2 = float(areas[k]) * px_area_um2
+        if areas[k] == 0 or area_um2 < params.min_area_um2:
             continue
-        ys, xs = np.divmod(idx, width)
         # Pixel centres: (i + 0.5) in the small image maps to (i + 0.5) / factor in the input.
-        x = (float(xs.mean()) + 0.5) / factor - 0.5
-        y = (float(ys.mean()) + 0.5) / factor - 0.5
-        radius = float(np.sqrt((end - start) / np.pi)) / factor
-        cells.append(WhiteCell(x, y, area_um2, radius, clump=area_um2 > params.max_area_um2))
+        x = (x_sum[k] / w_sum[k] + 0.5) / factor - 0.5
+        y = (y_sum[k] / w_sum[k] + 0.5) / factor - 0.5
+        radius = float(np.sqrt(areas[k] / np.pi)) / factor
+        clump = area_um2 > params.max_area_um2
+        cells.append(WhiteCell(float(x), float(y), area_um2, radius, clump=clump))
     return cells
 
 
