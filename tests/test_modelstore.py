@@ -380,7 +380,8 @@ signal.signal(signal.SIGHUP, lambda *a: os._exit(70))
 server = ControlServer(Path(sys.argv[1]), Daemon())
 server.start()
 print("ready", flush=True)
-time.sleep(120)
+for _ in range(2400):  # short sleeps: the signal may land on a server thread
+    time.sleep(0.05)
 """
 
 
