@@ -119,3 +119,24 @@ def test_set_password_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     assert main(["set-password", "--config", str(cfg), "--stdin"]) == 1
     assert "nothing changed" in capsys.readouterr().err
     assert PasswordFile(pw).check("a fine passphrase")
+
+
+def _daemon_stub(tmp_path: Path, **web: object) -> object:
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(web=WebConfig(password_file=tmp_path / "pw", **web))  # type: ignore[arg-type]
+    store = SimpleNamespace(database=tmp_path / "db.sqlite3", images_dir=tmp_path / "images")
+    return SimpleNamespace(cfg=cfg, store=store)
+
+
+def test_the_daemon_runs_on_when_its_page_cannot_listen(tmp_path: Path, caplog):
+    from leukoscope.web.server import serve_daemon
+
+    assert serve_daemon(_daemon_stub(tmp_path, enabled=False)) is None  # type: ignore[arg-type]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stub = _daemon_stub(tmp_path, port=port)
+        assert serve_daemon(stub) is None  # type: ignore[arg-type]
+    assert f"no status page: cannot serve the status page on 127.0.0.1:{port}" in caplog.text
