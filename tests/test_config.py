@@ -105,3 +105,21 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "camera.backend: must be one of picamera2, opencv, replay, got 'usb'" in (
         capsys.readouterr().err
     )
+
+
+def test_run_refuses_a_bad_config_with_exit_78(tmp_path: Path) -> None:
+    """systemd must not restart a daemon whose config is wrong (RestartPreventExitStatus=78)."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.toml"
+    text = bundled_config("laptop").read_text()
+    cfg.write_text(text.replace("[camera.replay]\n", "[camera.replay]\nfps = 3\n"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "leukoscope.cli", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 78
+    assert "unknown key(s) camera.replay.fps" in proc.stderr
