@@ -416,6 +416,11 @@ class ModelStore:
                     path.unlink(missing_ok=True)
 
     def check_signature(self, root: Path) -> str | None:
+        """The signer of a bundle folder, None if unsigned and allowed; else raise.
+
+        Raises:
+            ModelStoreError: a signature is required and missing, or it does not verify.
+        """
         allowed = self.settings.allowed_signers
         if allowed is None:
             if self.settings.require_signature:
@@ -441,11 +446,8 @@ class ModelStore:
             manifest_sha = sha256_file(src / MANIFEST)
             vid = version_id(manifest, manifest_sha)
             dest = self.versions / vid
-            if dest.is_dir():
+            if dest.is_dir() and self._intact(dest, report):
                 report(f"{vid} is already installed")
-                if activate:
-                    self.check_signature(dest)
-                    load_bundle(dest)
             else:
                 self._add(src, manifest_sha, vid, report)
             version = self._describe(dest, self.link(ACTIVE), self.link(PREVIOUS))
@@ -453,6 +455,35 @@ class ModelStore:
                 version = self._switch(version, report)
             self._prune(report)
         return version
+
+    def _intact(self, path: Path, report: Reporter) -> bool:
+        """Whether an installed copy still passes its checks; a damaged one is removed.
+
+        Raises:
+            ModelStoreError: the damaged copy is the active one (it cannot be replaced in
+                one step; activating another version first frees it).
+        """
+        try:
+            self.check_signature(path)
+            load_bundle(path)
+        except (BundleError, ModelStoreError) as exc:
+            if self.link(ACTIVE) == path.name:
+                raise ModelStoreError(
+                    f"the installed copy of {path.name} is damaged and active ({exc}); "
+                    "activate another version, then install this one again"
+                ) from None
+            report(f"the installed copy of {path.name} is damaged ({exc}); replacing it")
+            self._delete(path)
+            return False
+        return True
+
+    def _delete(self, path: Path) -> None:
+        """Remove an installed version: one rename out of versions/, then the deletion."""
+        trash = self.versions / f".trash-{path.name}"
+        os.rename(path, trash)
+        _fsync_dir(self.versions)
+        _fault("prune")
+        shutil.rmtree(trash, ignore_errors=True)
 
     def _add(self, src: Path, manifest_sha: str, vid: str, report: Reporter) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.versions))
@@ -600,11 +631,7 @@ class ModelStore:
         for v in versions:
             if v in kept:
                 continue
-            trash = self.versions / f".trash-{v.id}"
-            os.rename(v.path, trash)
-            _fsync_dir(self.versions)
-            _fault("prune")
-            shutil.rmtree(trash, ignore_errors=True)
+            self._delete(v.path)
             report(f"removed old model {v.id}")
 
 

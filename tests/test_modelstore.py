@@ -411,3 +411,16 @@ def test_a_model_that_crashes_the_daemon_is_rolled_back(
             daemon.wait()
     assert active_model(store) == "1.0.1"
     assert store.link(PREVIOUS) is None
+
+
+def test_installing_again_repairs_a_damaged_copy(signed: list[Path], keys: Path, tmp_path: Path):
+    store = ModelStore(settings(tmp_path, keys))
+    store.install(signed[0], activate=True, report=quiet)
+    v2 = store.install(signed[1], activate=False, report=quiet)
+    _tampered_tflite(v2.path, keys)  # a failing SD card
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        store.activate(v2.id, report=quiet)
+    lines: list[str] = []
+    store.install(signed[1], activate=True, report=lines.append)
+    assert any("damaged" in line and "replacing it" in line for line in lines)
+    assert active_model(store) == "1.0.2"
