@@ -67,8 +67,10 @@ class PiCamera:
         if self._cam is None:
             raise CameraError("camera is not open")
         try:
-            job = self._cam.capture_array("main", wait=False)
-            arr = self._cam.wait(job, timeout=timeout_s)
+            # With a signal function the capture returns its Job at once; waiting on the
+            # Job with a timeout is what keeps a stuck camera from hanging the work loop.
+            job = self._cam.capture_array("main", signal_function=lambda _job: None)
+            arr = job.get_result(timeout=timeout_s)
         except TimeoutError:
             raise CameraError(f"camera: no frame within {timeout_s:.1f} s") from None
         except Exception as exc:
