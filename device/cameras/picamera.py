@@ -41,7 +41,7 @@ class PiCamera:
             )
         try:
             cam = Picamera2(self.camera_num)
-        except RuntimeError as exc:
+        except Exception as exc:  # libcamera reports "busy" as RuntimeError or OSError
             raise CameraError(f"camera {self.camera_num} busy or failed to open ({exc})") from None
         try:
             size = self.still_size or tuple(cam.sensor_resolution)
