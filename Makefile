@@ -67,6 +67,7 @@ test: lint typecheck unit test-np124
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/leukoscope bench
+	$(VENV)/bin/leukoscope bench-daemon
 
 clean:
 	rm -rf $(VENV) $(VENV_NP124) $(RUN_DIR) build *.egg-info
