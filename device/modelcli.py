@@ -13,9 +13,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from leukoscope.errors import LeukoscopeError
+
+if TYPE_CHECKING:
+    from leukoscope.modelstore import ModelStore
 
 EXIT_ROLLED_BACK = 3
 
@@ -71,7 +74,7 @@ def _short(sha: str) -> str:
     return sha[:12]
 
 
-def cmd_list(store: Any, as_json: bool) -> int:
+def cmd_list(store: ModelStore, as_json: bool) -> int:
     """Print the installed versions, which is active and previous, and what the daemon runs."""
     from leukoscope.modelstore import ACTIVE, PREVIOUS
 
@@ -111,7 +114,7 @@ def cmd_list(store: Any, as_json: bool) -> int:
     return 0
 
 
-def cmd_verify(store: Any, targets: list[str]) -> int:
+def cmd_verify(store: ModelStore, targets: list[str]) -> int:
     """Re-check installed versions (all by default) or a bundle folder; 1 if any fails."""
     from leukoscope.bundle import MANIFEST, load_bundle
 
@@ -134,7 +137,7 @@ def cmd_verify(store: Any, targets: list[str]) -> int:
     return 1 if failed else 0
 
 
-def cmd_change(store: Any, args: argparse.Namespace) -> int:
+def cmd_change(store: ModelStore, args: argparse.Namespace) -> int:
     """install, activate or rollback; a rollback by the daemon's refusal exits 3."""
     from leukoscope.modelstore import RolledBackError
 
