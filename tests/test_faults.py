@@ -202,3 +202,36 @@ def test_sigkill_during_captures_never_corrupts(tmp_path: Path, session_bundle: 
     finally:
         assert proc.stop() == 0
     shutil.rmtree(tmp_path / "state", ignore_errors=True)
+
+
+def test_ready_only_once_the_camera_is_there(tmp_path: Path, session_bundle: Path) -> None:
+    """No READY=1 while the camera is missing at start; it follows when the camera comes."""
+    import socket
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(0.2)
+    received: list[str] = []
+
+    def drain() -> list[str]:
+        try:
+            while True:
+                received.extend(notify.recv(4096).decode().splitlines())
+        except TimeoutError:
+            return received
+
+    replay = tmp_path / "replay"
+    cfg = daemon_config(tmp_path, session_bundle, replay)
+    proc = DaemonProcess(cfg, env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+    try:
+        st = proc.wait_phase("fault")
+        assert "camera" in st["faults"] and st["indicator"] == "fault-camera"
+        assert "READY=1" not in drain()
+        good_replay(replay)
+        proc.wait_phase("ready", timeout=10)
+        wait_until(lambda: "READY=1" in drain(), 10, "READY=1")
+        assert proc.stop() == 0
+        assert "STOPPING=1" in drain()
+    finally:
+        proc.stop()
+        notify.close()
