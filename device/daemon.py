@@ -4,7 +4,9 @@
 them, serve until SIGTERM, close them in reverse. The work loop runs on the main thread
 and is the only thing that captures, classifies and writes; triggers (button, control
 socket, later the status page) all go through `Daemon.request_capture()`, and a trigger
-while a capture is running is ignored, not queued.
+while a capture is running is ignored, not queued. The answer is shown before its record
+is written (the fsyncs never delay it); if the write then fails, the indicator turns to
+the storage fault and the capture's reply says the result was not saved.
 
 Exit codes: 0 after SIGTERM; 69 when the model bundle, the store or the GPIO pins cannot
 be used at start (systemd restarts it; the fault pattern is shown for
