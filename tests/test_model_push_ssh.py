@@ -3,7 +3,7 @@
 The test starts its own `sshd` on 127.0.0.1 (throwaway host and user keys, config in a
 temporary folder) and the real daemon (replay camera, mock GPIO) on a model store with
 a signed 1.0.1 active. It pushes a signed 1.0.2 and sees the daemon run it and new
-records carry its sha256; then it checks what reaches the maintainer when a bundle is
+records carry its sha256 (through `/api/status` and `leukoscope model list`); then it checks what reaches the maintainer when a bundle is
 refused, when the upload is cut half-way, when the install is killed, when the daemon
 refuses the new model (automatic rollback), and `leukoscope model rollback`. The tests
 share one appliance and run in order, each starting from where the last one left it.
@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,12 @@ class Appliance:
     config: Path
     incoming: Path
     proc: subprocess.Popen[bytes]
+    web_port: int
+
+    def api_status(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.web_port}/api/status"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return dict(json.load(reply))
 
     def status(self) -> dict[str, Any]:
         return request(self.root / "state" / "control.sock", {"cmd": "status"}, 10)["state"]
@@ -172,6 +179,7 @@ def appliance(
     from leukoscope.synthetic import write_demo_images
 
     root = tmp_path_factory.mktemp("pi")
+    web_port = _free_port()
     write_demo_images(root / "images", 4)
     incoming = root / "incoming"
     incoming.mkdir()
@@ -182,6 +190,7 @@ def appliance(
         '[gpio]\npin_factory = "mock"\n[quality]\nenabled = false\n'
         f'[model]\nthreads = 1\nallowed_signers = "{keys / "allowed_signers"}"\n'
         'reload = "signal"\nreload_timeout_s = 20\nkeep = 3\n'
+        f"[web]\nport = {web_port}\n"
     )
     first = subprocess.run(
         [BIN / "leukoscope", "model", "--config", str(config), "install", "--activate",
@@ -192,7 +201,7 @@ def appliance(
     proc = subprocess.Popen(
         [BIN / "leukoscope", "run", "--config", str(config)], stdout=log, stderr=log
     )
-    app = Appliance(root, config, incoming, proc)
+    app = Appliance(root, config, incoming, proc, web_port)
     try:
 
         def ready() -> bool:
@@ -244,6 +253,7 @@ def test_push_reaches_the_running_daemon_and_records_carry_the_new_model(
     assert "signed by alice@lab" in res.stderr, "the Pi's progress reaches the maintainer"
     assert "reports it healthy" in res.stderr
 
+    assert appliance.api_status()["model"]["sha256"] == v2_sha, "the status page says so"
     listed = appliance.model_list()
     assert listed["daemon"]["model"]["sha256"] == v2_sha
     active = next(v for v in listed["versions"] if v["active"])
