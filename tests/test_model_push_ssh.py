@@ -2,11 +2,12 @@
 
 The test starts its own `sshd` on 127.0.0.1 (throwaway host and user keys, config in a
 temporary folder) and the real daemon (replay camera, mock GPIO) on a model store with
-a signed 1.0.1 active. It pushes a signed 1.0.2 and sees the daemon run it and new
-records carry its sha256 (through `/api/status` and `leukoscope model list`); then it checks what reaches the maintainer when a bundle is
-refused, when the upload is cut half-way, when the install is killed, when the daemon
-refuses the new model (automatic rollback), and `leukoscope model rollback`. The tests
-share one appliance and run in order, each starting from where the last one left it.
+a signed 1.0.1 active. It pushes a signed 1.0.2 and sees `/api/status` and `leukoscope
+model list` report it and new records carry its sha256; then it checks what reaches the
+maintainer when a bundle is refused, when the upload is cut half-way, when the install is
+killed, when the daemon refuses the new model (automatic rollback), and `leukoscope model
+rollback`. The tests share one appliance and run in order, each starting from where the
+last one left it.
 """
 
 from __future__ import annotations
