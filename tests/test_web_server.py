@@ -126,7 +126,8 @@ def _daemon_stub(tmp_path: Path, **web: object) -> object:
 
     cfg = SimpleNamespace(web=WebConfig(password_file=tmp_path / "pw", **web))  # type: ignore[arg-type]
     store = SimpleNamespace(database=tmp_path / "db.sqlite3", images_dir=tmp_path / "images")
-    return SimpleNamespace(cfg=cfg, store=store)
+    state = SimpleNamespace(phase="ready", result_seq=0)
+    return SimpleNamespace(cfg=cfg, store=store, state=state)
 
 
 def test_the_daemon_runs_on_when_its_page_cannot_listen(tmp_path: Path, caplog):

@@ -3,8 +3,9 @@
 Records are read through this module's own read-only SQLite connections (one per web
 thread; WAL lets them read while the daemon writes), so a busy page never waits on the
 daemon's store lock. Captures go through `Daemon.request_capture("web", ...)`, the same
-path as the button. The live view asks the camera owner for a frame at most every
-`PREVIEW_INTERVAL_S` however many browsers watch, and never while a capture runs.
+path as the button. The live view's frames come from one refresher thread that asks the
+camera owner for a frame every `PREVIEW_INTERVAL_S` while someone watches, however many
+browsers do, and never while a capture runs.
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PREVIEW_INTERVAL_S = 0.5
+PREVIEW_INTERVAL_S = 1.0
+#: The refresher stops taking frames when no browser asked for one for this long.
+PREVIEW_IDLE_S = 5.0
+#: How long the first request waits for the first frame.
+PREVIEW_FIRST_WAIT_S = 2.0
 PREVIEW_JPEG_QUALITY = 75
 #: How many recent records the stage timings in /metrics summarise.
 STAGE_WINDOW = 100
@@ -70,8 +75,22 @@ class DaemonSource:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
-        self._preview_lock = threading.Lock()
         self._preview: Preview | None = None
+        self._preview_error: str | None = None
+        self._preview_wanted = 0.0
+        self._first_preview = threading.Event()
+        self._refresher: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._wake = threading.Event()
+
+    def start(self) -> None:
+        """Start the live view's refresher (call from the daemon's thread: threads inherit
+        their creator's priority, and the web server's threads run lower)."""
+        if self._refresher is None:
+            self._refresher = threading.Thread(
+                target=self._refresh_previews, name="web-preview", daemon=True
+            )
+            self._refresher.start()
 
     # --- records ---------------------------------------------------------------------------
 
@@ -149,31 +168,48 @@ class DaemonSource:
         return {"result_seq": seq}
 
     def preview(self) -> Preview:
-        """See StatusSource. One browser refreshes the frame; the others get the last one."""
-        last = self._preview
+        """See StatusSource: the refresher's latest frame (marked paused during a capture)."""
+        self._preview_wanted = time.monotonic()
+        if self._refresher is None:
+            raise CaptureRefusedError("no live view: the preview refresher is not running", 503)
+        if self._preview is None:
+            self._wake.set()
+            self._first_preview.wait(PREVIEW_FIRST_WAIT_S)
+        last, error = self._preview, self._preview_error
+        if last is None:
+            raise CaptureRefusedError(f"no live view: {error or 'no frame yet'}", 503)
         busy = self.daemon.state.phase == "busy"
-        fresh = last is not None and time.time() - last.taken_at < PREVIEW_INTERVAL_S
-        if last is not None and (busy or fresh):
-            return Preview(last.jpeg, last.focus, last.good_enough, busy, last.taken_at)
-        if busy:
-            raise CaptureRefusedError("a capture is running; the live view resumes after it", 503)
-        if not self._preview_lock.acquire(blocking=last is None):
-            assert last is not None  # someone is refreshing it; theirs comes next time
-            return last
+        return Preview(last.jpeg, last.focus, last.good_enough, busy, last.taken_at)
+
+    def _refresh_previews(self) -> None:
+        """Take a frame every PREVIEW_INTERVAL_S while someone watches and no capture runs.
+
+        This thread keeps the daemon's priority: it holds the camera while it takes a
+        frame, and a capture must never wait on a low-priority holder.
+        """
+        while not self._closing.is_set():
+            idle = time.monotonic() - self._preview_wanted > PREVIEW_IDLE_S
+            if not idle and self.daemon.state.phase != "busy":
+                self._take_preview()
+            self._wake.wait(PREVIEW_INTERVAL_S)
+            self._wake.clear()
+
+    def _take_preview(self) -> None:
         try:
-            try:
-                frame = self.daemon.camera.preview_frame()
-            except CameraError as exc:
-                raise CaptureRefusedError(f"no live view: {exc}", 503) from None
-            bgr = cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)
-            ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, PREVIEW_JPEG_QUALITY])
-            if not ok:
-                raise CaptureRefusedError("the live view frame could not be encoded", 503)
+            frame = self.daemon.camera.preview_frame()
+        except CameraError as exc:
+            self._preview, self._preview_error = None, str(exc)
+            self._first_preview.set()
+            return
+        if frame.paused:  # a capture started meanwhile: its last frame is stale
+            return
+        bgr = cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, PREVIEW_JPEG_QUALITY])
+        if ok:
             good = frame.focus >= self.cfg.quality.min_focus
-            self._preview = Preview(buf.tobytes(), frame.focus, good, frame.paused, time.time())
-            return self._preview
-        finally:
-            self._preview_lock.release()
+            self._preview = Preview(buf.tobytes(), frame.focus, good, False, frame.taken_at)
+            self._preview_error = None
+        self._first_preview.set()
 
     # --- health, models, metrics ---------------------------------------------------------------
 
@@ -288,7 +324,11 @@ class DaemonSource:
         }
 
     def close(self) -> None:
-        """Close every reader connection (idempotent)."""
+        """Stop the preview refresher and close every reader connection (idempotent)."""
+        self._closing.set()
+        self._wake.set()
+        if self._refresher is not None:
+            self._refresher.join(5.0)
         with self._conns_lock:
             conns, self._conns = self._conns, []
         for conn in conns:

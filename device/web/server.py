@@ -17,6 +17,7 @@ from leukoscope.errors import LeukoscopeError
 
 if TYPE_CHECKING:
     from leukoscope.daemon import Daemon
+    from leukoscope.state import DaemonState
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 THREAD_NICE = 10
 #: Requests that run the app's code at the same time (the rest wait, holding no GIL).
 APP_CONCURRENCY = 2
+#: The longest a request waits for a running capture to finish before it is answered.
+CAPTURE_HOLD_S = 0.08
 
 
 def lower_thread_priority(steps: int = THREAD_NICE) -> None:
@@ -37,7 +40,9 @@ def lower_thread_priority(steps: int = THREAD_NICE) -> None:
         logger.debug("cannot lower the web thread's priority", exc_info=True)
 
 
-def _yielding(app: Any, concurrency: int = APP_CONCURRENCY) -> Any:
+def _yielding(
+    app: Any, concurrency: int = APP_CONCURRENCY, hold: Callable[[], None] | None = None
+) -> Any:
     """Wrap a WSGI app so it leaves the daemon's work loop room, however busy the page is.
 
     Each worker thread lowers its own priority on first use, and at most `concurrency`
@@ -51,6 +56,8 @@ def _yielding(app: Any, concurrency: int = APP_CONCURRENCY) -> Any:
         if not getattr(local, "niced", False):
             local.niced = True
             lower_thread_priority()
+        if hold is not None:
+            hold()
         with gate:
             return app(environ, start_response)
 
@@ -64,7 +71,15 @@ class WebServerError(LeukoscopeError, OSError):
 class WebServer:
     """A waitress server for one WSGI app, on its own thread."""
 
-    def __init__(self, app: Any, host: str, port: int, *, threads: int = 8) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        *,
+        threads: int = 8,
+        hold: Callable[[], None] | None = None,
+    ) -> None:
         """Bind the listening socket now, so a port in use is a start-up error.
 
         Raises:
@@ -74,7 +89,7 @@ class WebServer:
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         try:
             self._server: Any = create_server(
-                _yielding(app),
+                _yielding(app, hold=hold),
                 host=host,
                 port=port,
                 threads=threads,
@@ -141,6 +156,20 @@ class WebServer:
         self.close()
 
 
+def capture_hold(state: DaemonState, limit_s: float = CAPTURE_HOLD_S) -> Callable[[], None]:
+    """A request arriving while a capture runs waits (without CPU) until its result is out.
+
+    The capture is what the technician is waiting for; browsers get their answer a
+    moment later, and a poll of /api/status then returns just as the result appears.
+    """
+
+    def hold() -> None:
+        if state.phase == "busy":
+            state.wait_for_result(state.result_seq, limit_s)
+
+    return hold
+
+
 def serve_daemon(daemon: Daemon) -> WebServer | None:
     """Start the status page for a running daemon, as its [web] config says.
 
@@ -157,11 +186,18 @@ def serve_daemon(daemon: Daemon) -> WebServer | None:
 
     source = DaemonSource(daemon)
     try:
-        server = WebServer(create_app(source, cfg), cfg.host, cfg.port, threads=cfg.threads)
+        server = WebServer(
+            create_app(source, cfg),
+            cfg.host,
+            cfg.port,
+            threads=cfg.threads,
+            hold=capture_hold(daemon.state),
+        )
     except WebServerError as exc:
         logger.error("no status page: %s", exc)
         source.close()
         return None
     server.on_close(source.close)
+    source.start()
     server.start()
     return server
