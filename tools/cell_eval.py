@@ -44,6 +44,31 @@ EXCLUDED = frozenset({"Im108"})
 MATCH_UM = 6.0
 #: A stricter radius (um), reported beside it: is the hit on the nucleus's centre?
 STRICT_UM = 4.0
+NOTES = """\
+## How to read these numbers
+
+- **Method** (`leukoscope.cells`): white balance by the glass's colour, optical density,
+  nucleus stain = OD(green) - OD(blue); scale from the median diameter of isolated round
+  red cells (taken as 7.5 um); detection at 2 px/um; touching nuclei split at markers in
+  their dense cores (a pixel goes to the nearest marker of its own blob); neutrophil lobes
+  joined; nuclei under 12 um^2 (platelets) dropped. Parameters were chosen on the `tune`
+  slides only (a handful of settings compared); the `held-out` slides were not used to
+  choose anything. They were evaluated twice: after tuning (161 of 161 blasts found) and
+  again after speed-only changes to the code, which this report shows.
+- **Recall is of blast centroids only.** ALL-IDB1 annotates blasts, not other white cells,
+  so the recall of normal white cells is not measured here (the synthetic tests do that).
+- **False detections are bounded, not counted exactly.** A healthy field at this
+  magnification usually shows one to three real white cells, so "detections per healthy
+  slide" is an upper bound on false detections. Looking at tuning slides, the extra ones
+  are large platelets or platelet clumps and a neutrophil cut in two.
+- **Over-splitting:** "blasts split in two" counts annotated blasts with two detections
+  within the match radius: the cell is found, but counted twice. A slide decision from
+  blast fractions must allow for it.
+- **One dataset, two cameras.** ALL-IDB1 is the only set with cell positions; how the
+  detector does on other microscopes and stains is not measured yet (kaggle-all has no
+  positions; its 224x224 photos have red cells only about 20 px across).
+- The scale estimate has no ground truth; it is consistent within each camera (table
+  below), and within 5% on synthetic fields of known scale (tests/test_cells.py)."""
 DEFAULT_SPLIT = Path(__file__).resolve().parent.parent / "models/reports/cell-detection-split.csv"
 
 
@@ -290,7 +315,7 @@ def format_report(results: list[SlideResult], params: DetectParams, split_file: 
             f"{s['healthy_detections_median']:g} / {s['healthy_detections_mean']:.1f} / "
             f"{s['healthy_detections_max']} | {s['all_unmatched_mean']:.1f} |"
         )
-    lines += ["", "## Scale estimated from red cells, per image size", ""]
+    lines += ["", *NOTES.splitlines(), "", "## Scale estimated from red cells, per image size", ""]
     by_size: dict[str, list[float]] = defaultdict(list)
     for r in results:
         by_size[r.size].append(r.px_per_um)
