@@ -83,7 +83,9 @@ class QualityThresholds:
     max_mean_luma: float = 250.0  # real <= 245.4 (Kaggle); white 255
     max_clipped_high: float = 0.70  # real <= 0.61 (Kaggle, white background); over >= 0.75
     max_clipped_low: float = 0.30  # real <= 0.001; black 1.0
-    min_focus: float = 7.5  # real >= 9.39 (ALL-IDB2 crops); blurred <= 5.55
+    # Focus: real >= 9.39 (ALL-IDB2 crops); blurred <= 5.55, or <= 6.9 for blurred 5 MP
+    # ALL-IDB1 stills saved as JPEG and decoded at 1/4 scale, as the daemon decodes them.
+    min_focus: float = 7.5
     min_stain: float = 0.02  # real >= 0.049 (Kaggle); grey 0.0
     min_content: float = 0.015  # real >= 0.038 (ALL-IDB2); blank 0.0
 
