@@ -84,7 +84,7 @@ def check_sample_id(sample_id: str | None) -> str | None:
     """A sample id as typed by a technician: 1-64 printable ASCII characters, or None."""
     if sample_id is None or sample_id == "":
         return None
-    if not isinstance(sample_id, str) or not _SAMPLE_ID_RE.match(sample_id):
+    if not isinstance(sample_id, str) or not _SAMPLE_ID_RE.fullmatch(sample_id):
         raise ValueError("sample id must be 1-64 characters: letters, digits, space and . _ : / -")
     return sample_id
 

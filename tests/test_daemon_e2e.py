@@ -153,3 +153,13 @@ def test_real_gpiozero_button_press_while_busy_is_ignored(
         store.close()
         indicator.close()
         factory.close()
+
+
+def test_sample_id_check_refuses_trailing_newline_and_non_ascii() -> None:
+    from leukoscope.daemon import check_sample_id
+
+    assert check_sample_id("S-2026/11 a.1") == "S-2026/11 a.1"
+    assert check_sample_id("") is None
+    for bad in ("abc\n", "ab\u00e9", " lead", "x" * 65):
+        with pytest.raises(ValueError):
+            check_sample_id(bad)
