@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,7 +11,7 @@ from leukoscope.appcli import cmd_check_config
 from leukoscope.config import bundled_config, load_config, parse_config
 from leukoscope.errors import ConfigError
 
-MINIMAL = {
+MINIMAL: dict[str, dict[str, Any]] = {
     "paths": {"state_dir": "/var/lib/x", "bundle": "/b"},
     "camera": {"backend": "replay", "replay": {"folder": "/imgs"}},
     "gpio": {"pin_factory": "mock"},
@@ -18,7 +19,7 @@ MINIMAL = {
 
 
 def with_(**changes: dict) -> dict:
-    raw = {k: dict(v) for k, v in MINIMAL.items()}
+    raw: dict[str, Any] = {k: dict(v) for k, v in MINIMAL.items()}
     for section, values in changes.items():
         raw.setdefault(section, {}).update(values)
     return raw

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,8 +187,12 @@ def test_sigkill_during_captures_never_corrupts(tmp_path: Path, session_bundle: 
         workers = [threading.Thread(target=hammer) for _ in range(2)]
         for w in workers:
             w.start()
+
         # Kill at a random point, once some captures went through.
-        wait_until(lambda p=proc: (p.status() or {}).get("result_seq", 0) >= 1, 30, "a capture")
+        def captured(p: Any = proc) -> bool:
+            return bool((p.status() or {}).get("result_seq", 0) >= 1)
+
+        wait_until(captured, 30, "a capture")
         threading.Event().wait(rng.uniform(0.0, 0.3))
         proc.proc.send_signal(signal.SIGKILL)
         proc.kill()

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,11 @@ def store(tmp_path: Path):
 
 
 def rec(**kw) -> NewRecord:
-    base = {"trigger": "test", "outcome": "no-leukemia-suspected", "p_leukemia": 0.1}
+    base: dict[str, Any] = {
+        "trigger": "test",
+        "outcome": "no-leukemia-suspected",
+        "p_leukemia": 0.1,
+    }
     base.update(kw)
     return NewRecord(**base)
 
