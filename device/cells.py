@@ -29,6 +29,12 @@ RBC_DIAMETER_UM = 7.5
 #: Detection runs at this scale (a red cell is 15 px across): cheap, and the same
 #: kernels in pixels for every microscope.
 DETECT_PX_PER_UM = 2.0
+#: The fewest isolated red cells a scale is estimated from.
+MIN_RED_CELLS = 5
+#: Largest interquartile range of their diameters, relative to the median.
+MAX_DIAMETER_SPREAD = 0.3
+#: Smallest share of the stained (non-nucleus) area the measured red cells must cover.
+MIN_COVER = 0.03
 #: Scale estimation runs on a copy no larger than this on its long side.
 SCALE_MAX_SIDE = 1400
 
@@ -150,11 +156,24 @@ def estimate_scale(rgb: np.ndarray, *, default: float | None = None) -> ScaleEst
     bg = background_colour(small)
     # Green and blue suffice: red cells and nuclei both absorb green most.
     green, blue = (_channel_density(small[:, :, c], float(bg[c])) for c in (1, 2))
-    diameters = _isolated_red_cell_diameters(green, green - blue)
-    if len(diameters) < 5:
+    diameters, stained_px = _isolated_red_cell_diameters(green, green - blue)
+    problem = ""
+    if len(diameters) < MIN_RED_CELLS:
+        problem = f"only {len(diameters)} isolated red cells"
+    else:
+        q1, med, q3 = np.percentile(diameters, [25, 50, 75])
+        # Red cells of one smear vary by about 10%; a wide spread means the blobs were
+        # not single red cells (overlapping cells, ghosts, debris), and the ruler is bent.
+        cover = len(diameters) * np.pi * (med / 2) ** 2 / max(1, stained_px)
+        if (q3 - q1) / med > MAX_DIAMETER_SPREAD:
+            problem = f"red-cell sizes too varied (interquartile range {(q3 - q1) / med:.0%})"
+        elif cover < MIN_COVER:
+            # A few small round specks in a field of overlapping cells are not its red cells.
+            problem = f"the round blobs measured cover only {cover:.1%} of the red-cell area"
+    if problem:
         if default is not None:
             return ScaleEstimate(default, 0, "default")
-        raise ImageError(f"cannot estimate scale: only {len(diameters)} isolated red cells")
+        raise ImageError(f"cannot estimate scale from red cells: {problem}")
     d = float(np.median(diameters)) / factor
     return ScaleEstimate(d / RBC_DIAMETER_UM, len(diameters), "red-cells")
 
@@ -166,8 +185,8 @@ def _channel_density(channel: np.ndarray, background: float) -> np.ndarray:
     return out
 
 
-def _isolated_red_cell_diameters(density: np.ndarray, stain: np.ndarray) -> np.ndarray:
-    """Equivalent diameters (px) of round, solid, single red-cell blobs.
+def _isolated_red_cell_diameters(density: np.ndarray, stain: np.ndarray) -> tuple[np.ndarray, int]:
+    """Equivalent diameters (px) of round, solid, single red-cell blobs, and the stained area.
 
     Args:
         density: optical density of the green channel.
@@ -179,7 +198,7 @@ def _isolated_red_cell_diameters(density: np.ndarray, stain: np.ndarray) -> np.n
     d_s, keep_s = density[::step, ::step], not_nucleus[::step, ::step]
     sample = d_s[(d_s > faint) & keep_s]
     if sample.size == 0:
-        return np.zeros(0)
+        return np.zeros(0), 0
     # Outline at half a red cell's typical density: blur moves it neither in nor out.
     level = max(faint, 0.5 * float(np.percentile(sample, 75)))
     mask: np.ndarray = ((density > level) & not_nucleus).astype(np.uint8)
@@ -200,12 +219,13 @@ def _isolated_red_cell_diameters(density: np.ndarray, stain: np.ndarray) -> np.n
         if circularity > 0.8 and area / hull > 0.95:
             # The outline runs through the edge pixels' centres: add the half pixel outside.
             out.append(2.0 * np.sqrt((area + perimeter / 2) / np.pi))
+    stained_px = int(np.count_nonzero(mask))
     if not out:
-        return np.zeros(0)
+        return np.zeros(0), stained_px
     arr = np.asarray(out)
     # Clumps of two that happen to look round are rare but large: drop outliers.
     med = np.median(arr)
-    return arr[(arr > 0.6 * med) & (arr < 1.5 * med)]
+    return arr[(arr > 0.6 * med) & (arr < 1.5 * med)], stained_px
 
 
 def _disc(radius_px: float) -> np.ndarray:

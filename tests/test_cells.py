@@ -195,3 +195,29 @@ def test_rejects_arrays_that_are_not_images(bad: np.ndarray) -> None:
 def test_deterministic() -> None:
     smear = make_smear(800, 600, n_wbc=3, n_blasts=2, px_per_um=4.0, seed=34)
     assert detect_white_cells(smear.image) == detect_white_cells(smear.image)
+
+
+def test_scale_refused_when_the_red_cells_disagree() -> None:
+    # Round pink blobs of every size from 2 to 12 um are no ruler.
+    rng = np.random.default_rng(5)
+    img = np.full((600, 800, 3), (236, 222, 226), np.uint8)
+    for _ in range(60):
+        r = int(rng.uniform(4, 24))
+        x, y = int(rng.uniform(30, 770)), int(rng.uniform(30, 570))
+        cv2.circle(img, (x, y), r, (218, 140, 152), -1, cv2.LINE_AA)
+    with pytest.raises(ImageError, match="too varied"):
+        estimate_scale(img)
+    assert estimate_scale(img, default=4.0).source == "default"
+
+
+def test_scale_refused_from_specks_in_a_field_of_overlapping_cells() -> None:
+    # Red cells overlapping in long chains (none isolated) and a few small round specks:
+    # the specks are round and alike, but they are not the field's red cells.
+    img = np.full((600, 800, 3), (236, 222, 226), np.uint8)
+    for row in range(40, 400, 50):
+        for x in range(30, 780, 40):
+            cv2.circle(img, (x, row), 30, (218, 140, 152), -1, cv2.LINE_AA)
+    for k in range(8):
+        cv2.circle(img, (60 + 90 * k, 480 + 60 * (k % 2)), 6, (218, 140, 152), -1, cv2.LINE_AA)
+    with pytest.raises(ImageError, match="cover only"):
+        estimate_scale(img)
