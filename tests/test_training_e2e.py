@@ -193,7 +193,7 @@ def test_compare_tiny_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     )
     report = (out / "COMPARE.md").read_text()
     assert "| thanh | 1 |" in report and "| basic-cnn | 0 |" in report
-    assert "Inflation of accuracy" in report
+    assert "Inflation over the honest mean" in report
     results = json.loads((out / "results.json").read_text())
     assert len(results["runs"]) == 3 and results["paper_protocol"] is not None
     # Under the paper's protocol most test photos were also seen in training.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from leukoscope_tools.dataset import LEUKEMIA, Row
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CACHE = Path(".run/cache")
+#: Where preprocessed arrays are kept (never committed); $LEUKOSCOPE_TOOLS_CACHE overrides.
+DEFAULT_CACHE = Path(os.environ.get("LEUKOSCOPE_TOOLS_CACHE", ".run/cache"))
 
 
 def _key(rows: Sequence[Row], params: PreprocessParams) -> str:

@@ -412,8 +412,12 @@ def render_card(
         "blood; ALL-IDB1's are healthy donors. Whole-field scoring ignores where the cells are.",
         "- One threshold does not fit two sources: the cut is chosen on the pooled validation "
         "split, which is mostly kaggle-all, and ALL-IDB1 probabilities sit elsewhere.",
+        "- Cross-source AUC pooled over ALL-IDB1's two cameras mixes camera and cells (one "
+        "camera took only leukemia photos): read the per-camera rows, where a model can rank "
+        "photos of one camera well and still have its cut in the wrong place for that source.",
         f"- Training is unstable across seeds (see `models/compare/COMPARE.md`); this is seed "
-        f"{cfg['seed']}, the epoch chosen by validation AUC. The CPU training budget "
+        f"{cfg['seed']} (not selected among seeds), at the epoch with the best validation "
+        "AUC. The CPU training budget "
         f"({cfg['max_epochs']} epochs of {cfg['epoch_size']} images) under-trains the network.",
         "- Trained on still photos through a microscope at 300-500x: other magnifications, "
         "thick or badly stained smears, or non-smear images give meaningless outputs.",
