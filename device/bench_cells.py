@@ -1,6 +1,6 @@
 """Benchmark cell analysis of a 5-megapixel still, stage by stage (prints figures; not a test).
 
-    python -m leukoscope.bench_cells [--image PHOTO] [--bundle BUNDLE] [--runs 15]
+    leukoscope bench-cells [--image PHOTO] [--bundle BUNDLE] [--threads 1] [--runs 15]
 
 Stages: JPEG decode (full size for reference, and at half size, which is what the
 pipeline uses: a 24 um crop still has more than 128 pixels across at 5 px/um), scale
@@ -90,28 +90,22 @@ def run(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the figures as a Markdown table."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--image", type=Path, default=None, help="a photo (default: synthetic 5 MP)")
-    p.add_argument("--bundle", type=Path, default=None, help="time inference on each crop")
-    p.add_argument("--threads", type=int, default=1, help="interpreter threads")
-    p.add_argument("--runs", type=int, default=15)
-    args = p.parse_args(argv)
-    jpeg = args.image.read_bytes() if args.image else still_jpeg()
+def print_bench(image: Path | None, bundle: Path | None, threads: int, runs: int) -> int:
+    """Run the stages and print the figures as Markdown."""
+    jpeg = image.read_bytes() if image else still_jpeg()
     full = load_image(jpeg)
     rgb = load_image(jpeg, min_size=DECODE_MIN_SIZE)
     det = detect_white_cells(rgb)
-    rows = run(jpeg, args.runs, args.bundle, args.threads)
+    rows = run(jpeg, runs, bundle, threads)
     print("# leukoscope cell analysis bench\n")
-    print(f"- image: {args.image or 'synthetic still'}, {full.shape[1]}x{full.shape[0]},")
+    print(f"- image: {image or 'synthetic still'}, {full.shape[1]}x{full.shape[0]},")
     print(f"  analysed at {rgb.shape[1]}x{rgb.shape[0]}; {det.scale.px_per_um:.2f} px/um there;")
     print(f"  {len(det.cells)} white cells found")
-    if args.bundle:
-        print(f"- model: {args.bundle} (a stand-in for the cell classifier)")
+    if bundle:
+        print(f"- model: {bundle} (a stand-in for the cell classifier)")
     print(
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}; "
-        f"load average {os.getloadavg()[0]:.2f}; median of {args.runs} runs\n"
+        f"load average {os.getloadavg()[0]:.2f}; median of {runs} runs\n"
     )
     print("| stage | median ms |\n|---|---:|")
     for name, ms in rows:
@@ -120,6 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "within" if total < BUDGET_MS else "OVER"
     print(f"\n{verdict} the {BUDGET_MS:.0f} ms budget (the decision step is not built yet)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line (also `leukoscope bench-cells`)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--image", type=Path, default=None, help="a photo (default: synthetic 5 MP)")
+    p.add_argument("--bundle", type=Path, default=None, help="time inference on each crop")
+    p.add_argument("--threads", type=int, default=1, help="interpreter threads")
+    p.add_argument("--runs", type=int, default=15)
+    args = p.parse_args(argv)
+    return print_bench(args.image, args.bundle, args.threads, args.runs)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args.bundle, args.runs, args.report)
 
 
+def cmd_bench_cells(args: argparse.Namespace) -> int:
+    """Print stage timings of cell analysis for a 5-megapixel still."""
+    from leukoscope import bench_cells
+
+    return bench_cells.print_bench(args.image, args.stand_in, args.threads, args.runs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="leukoscope", description=__doc__)
@@ -126,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=30, help="runs per stage (median taken)")
     p.add_argument("--report", type=Path, default=None, help="write a Markdown report here")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("bench-cells", help="time white-cell detection and crops (prints figures)")
+    p.add_argument("--image", type=Path, default=None, help="a photo (default: synthetic 5 MP)")
+    p.add_argument(
+        "--bundle", dest="stand_in", type=Path, default=None, help="also time it on every crop"
+    )
+    p.add_argument("--threads", type=int, default=1, help="interpreter threads")
+    p.add_argument("--runs", type=int, default=15, help="runs per stage (median taken)")
+    p.set_defaults(func=cmd_bench_cells)
 
     p = sub.add_parser("demo-images", help="write synthetic smear fields")
     p.add_argument("folder", type=Path)
