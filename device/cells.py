@@ -302,10 +302,10 @@ def _split_touching(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Label image (int32, 0 background): one label per nucleus, touching ones split.
 
-    Also returns the map the markers were found on (deepest at nucleus centres).
+    Also returns the depth into the cores (deepest at nucleus centres).
 
-    Markers are the deep points of the cores; the flood follows the distance into the
-    cores plus the stain, so boundaries fall on the pale rims between nuclei.
+    Markers are the deepest points of the cores (the pale rims between touching nuclei
+    separate them); each pixel of a blob then goes to its nearest marker.
     """
     n, comp = cv2.connectedComponents(mask, connectivity=8)
     if n <= 1:
