@@ -212,10 +212,13 @@ def render(
 ) -> str:
     """The comparison report (Markdown)."""
     n = {s: sum(r.split == s for r in rows) for s in (*SPLITS, EXCLUDED)}
+    train_s = sum(r["run"]["seconds"] for r in results) + (paper["run"]["seconds"] if paper else 0)
     lines = [
         "# Comparison: the paper's three networks, seeds, and the paper's protocol",
         "",
-        f"Produced by `leukoscope-tools compare` in {seconds / 60:.0f} min on a 2-core CPU. "
+        f"Produced by `leukoscope-tools compare` on a shared 2-core CPU: "
+        f"{train_s / 60:.0f} min of training (all runs), this report after {seconds / 60:.0f} "
+        "min (finished runs are reused, not retrained). "
         f"Honest protocol: the group-disjoint split of `split.csv` (train {n['train']}, "
         f"validation {n['val']}, test {n['test']}; {n['excluded']} exact copies dropped), "
         "augmentation of the training split only, epoch and cut chosen on validation, "
