@@ -415,9 +415,10 @@ def render_card(
         "- Cross-source AUC pooled over ALL-IDB1's two cameras mixes camera and cells (one "
         "camera took only leukemia photos): read the per-camera rows, where a model can rank "
         "photos of one camera well and still have its cut in the wrong place for that source.",
-        f"- Training is unstable across seeds (see `models/compare/COMPARE.md`); this is seed "
-        f"{cfg['seed']} (not selected among seeds), at the epoch with the best validation "
-        "AUC. The CPU training budget "
+        "- Training is unstable across seeds: `models/compare/shipped-budget/COMPARE.md` trains "
+        f"other seeds with this run's budget and lists their validation and test results beside "
+        f"this one (seed {cfg['seed']}, kept at the epoch with the best validation AUC); "
+        "`models/compare/COMPARE.md` compares the three networks. The CPU training budget "
         f"({cfg['max_epochs']} epochs of {cfg['epoch_size']} images) under-trains the network.",
         "- Trained on still photos through a microscope at 300-500x: other magnifications, "
         "thick or badly stained smears, or non-smear images give meaningless outputs.",
