@@ -43,6 +43,7 @@ from typing import Any
 from leukoscope.bundle import MANIFEST, Manifest, load_bundle, read_manifest, sha256_file
 from leukoscope.config import Config
 from leukoscope.errors import BundleError, LeukoscopeError
+from leukoscope.fsutil import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -124,14 +125,6 @@ def _fault(step: str) -> None:
     if os.environ.get(FAULT_ENV) == f"crash:{step}":
         logger.warning("test fault: SIGKILL at step %s", step)
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_file(src: Path, dst: Path) -> None:
@@ -481,7 +474,7 @@ class ModelStore:
         """Remove an installed version: one rename out of versions/, then the deletion."""
         trash = self.versions / f".trash-{path.name}"
         os.rename(path, trash)
-        _fsync_dir(self.versions)
+        fsync_dir(self.versions)
         _fault("prune")
         shutil.rmtree(trash, ignore_errors=True)
 
@@ -524,14 +517,14 @@ class ModelStore:
                 f.flush()
                 os.fsync(f.fileno())
             for sub in sorted({p.parent for p in tmp.rglob("*")}, reverse=True):
-                _fsync_dir(sub)
+                fsync_dir(sub)
             os.chmod(tmp, 0o755)
             _fault("verify")
             os.rename(tmp, self.versions / vid)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(self.versions)
+        fsync_dir(self.versions)
         _fault("commit")
         report(f"installed {vid}")
 
@@ -547,7 +540,7 @@ class ModelStore:
             if name == ACTIVE:
                 _fault("link")
             os.replace(tmp, path)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def activate(self, ident: str, *, report: Reporter) -> Version:
         """Make an installed version active (after re-checking it) and reload the daemon."""

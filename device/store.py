@@ -24,6 +24,7 @@ from typing import Any
 
 from leukoscope.bundle import sha256_bytes
 from leukoscope.errors import StoreError
+from leukoscope.fsutil import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +81,6 @@ class NewRecord:
 
 def _iso(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def free_bytes(path: Path) -> int:
@@ -161,9 +154,9 @@ class Store:
             new_dirs = [p for p in reversed(rel.parents) if not (self.images_dir / p).exists()]
             final.parent.mkdir(parents=True, exist_ok=True)
             for d in new_dirs:  # a new day folder must survive a power cut too
-                _fsync_dir((self.images_dir / d).parent)
+                fsync_dir((self.images_dir / d).parent)
             os.rename(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

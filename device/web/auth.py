@@ -19,6 +19,7 @@ from collections import deque
 from pathlib import Path
 
 from leukoscope.errors import LeukoscopeError
+from leukoscope.fsutil import fsync_dir
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -96,11 +97,7 @@ def write_password_file(path: Path, password: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(path.parent)
 
 
 class PasswordFile:
