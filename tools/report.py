@@ -404,8 +404,9 @@ def render_card(
         "- Within-source test numbers are optimistic: kaggle-all has no patient ids (89 "
         "patients, several photos each), so photos of one patient can fall on both sides of "
         "the split; only near-identical photos are grouped.",
-        "- ALL-IDB1 camera confound: every 1712x1368 photo is leukemia and every healthy photo "
-        "is 2592x1944, so ALL-IDB1 accuracy can come from the camera. Per-camera rows are "
+        "- ALL-IDB1 camera confound: every 1712x1368 photo is leukemia, and the healthy photos "
+        "come from the other camera(s), so ALL-IDB1 accuracy can come from the camera. "
+        "Per-camera rows are "
         "reported; the ALL-IDB1 test split has only a handful of images, hence the wide "
         "intervals.",
         "- kaggle-all's negatives are hematogones (benign B-cell precursors), not healthy "
