@@ -1,0 +1,1 @@
+"""The Leukoscope test suite (pytest)."""
