@@ -30,20 +30,25 @@ def _make_folders(root: Path, n: int = 10) -> None:
             )
 
 
+def _indexed(tmp_path: Path, n: int | None = None) -> tuple[Path, Path]:
+    """Synthetic class folders under tmp_path/data, indexed and split into tmp_path/split.csv."""
+    data = tmp_path / "data"
+    if n is None:
+        _make_folders(data)
+    else:
+        _make_folders(data, n=n)
+    table = tmp_path / "split.csv"
+    args = ["dataset", str(data), "--sources", "clinic", "--overlap-sources", "--out", str(table)]
+    assert cli.main(args) == 0
+    return data, table
+
+
 def test_tiny_pipeline_under_two_minutes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     t0 = time.perf_counter()
     monkeypatch.chdir(tmp_path)  # the preprocessing cache goes to ./.run/cache
-    data = tmp_path / "data"
-    _make_folders(data)
-    table = tmp_path / "split.csv"
-    assert (
-        cli.main(
-            ["dataset", str(data), "--sources", "clinic", "--overlap-sources", "--out", str(table)]
-        )
-        == 0
-    )
+    data, table = _indexed(tmp_path)
     run = tmp_path / "run"
     assert (
         cli.main(
@@ -110,15 +115,7 @@ def test_tiny_pipeline_under_two_minutes(
 def test_quantize_refuses_low_agreement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The 99% gate is real: an impossible threshold makes quantize fail."""
     monkeypatch.chdir(tmp_path)
-    data = tmp_path / "data"
-    _make_folders(data, n=5)
-    table = tmp_path / "split.csv"
-    assert (
-        cli.main(
-            ["dataset", str(data), "--sources", "clinic", "--overlap-sources", "--out", str(table)]
-        )
-        == 0
-    )
+    data, table = _indexed(tmp_path, 5)
     run = tmp_path / "run"
     assert (
         cli.main(
@@ -158,15 +155,7 @@ def test_quantize_refuses_low_agreement(tmp_path: Path, monkeypatch: pytest.Monk
 def test_compare_tiny_writes_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """compare runs every configuration and the paper's protocol, and reports the inflation."""
     monkeypatch.chdir(tmp_path)
-    data = tmp_path / "data"
-    _make_folders(data, n=6)
-    table = tmp_path / "split.csv"
-    assert (
-        cli.main(
-            ["dataset", str(data), "--sources", "clinic", "--overlap-sources", "--out", str(table)]
-        )
-        == 0
-    )
+    data, table = _indexed(tmp_path, 6)
     out = tmp_path / "compare"
     assert (
         cli.main(
