@@ -30,13 +30,10 @@ def _make_folders(root: Path, n: int = 10) -> None:
             )
 
 
-def _indexed(tmp_path: Path, n: int | None = None) -> tuple[Path, Path]:
+def _indexed(tmp_path: Path, n: int = 10) -> tuple[Path, Path]:
     """Synthetic class folders under tmp_path/data, indexed and split into tmp_path/split.csv."""
     data = tmp_path / "data"
-    if n is None:
-        _make_folders(data)
-    else:
-        _make_folders(data, n=n)
+    _make_folders(data, n=n)
     table = tmp_path / "split.csv"
     args = ["dataset", str(data), "--sources", "clinic", "--overlap-sources", "--out", str(table)]
     assert cli.main(args) == 0
