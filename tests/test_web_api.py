@@ -477,3 +477,11 @@ def test_errors_are_json_or_a_plain_page_without_internals(client, source, monke
         assert resp.status_code == 500
         body = resp.get_data(as_text=True)
         assert "secret internal detail" not in body and "Traceback" not in body
+
+
+def test_status_page_says_ready_or_busy(client, source):
+    assert "Ready for the next photo." in client.get("/").get_data(as_text=True)
+    source.phase = "busy"
+    page = client.get("/").get_data(as_text=True)
+    assert "Taking and analysing a photo" in page
+    assert "Ready for the next photo." not in page

@@ -53,11 +53,16 @@
     if (r.page_url) { link.href = r.page_url; link.hidden = false; } else { link.hidden = true; }
   }
 
+  function readyLine(s) {
+    if (!s.ready) return "Not ready.";
+    return s.phase === "busy" ? "Taking and analysing a photo\u2026" : "Ready for the next photo.";
+  }
+
   function showState(s) {
     const phase = $("phase");
     phase.textContent = s.phase;
     phase.className = "phase p-" + s.phase;
-    $("ready-line").textContent = s.ready ? "Ready for the next photo." : "Not ready.";
+    $("ready-line").textContent = readyLine(s);
     const faults = $("faults");
     faults.replaceChildren();
     for (const [part, msg] of Object.entries(s.faults || {})) {
