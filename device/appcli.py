@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from leukoscope.cliargs import positive_int
 from leukoscope.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,6 @@ def add_subcommands(sub: Any) -> None:
         "bench-daemon", help="trigger-to-indicator timings and peak RSS on 5 MP replay stills"
     )
     p.add_argument("--bundle", type=Path, default=None, help="model bundle folder")
-    p.add_argument("--captures", type=int, default=40)
+    p.add_argument("--captures", type=positive_int, default=40)
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: temp)")
     p.set_defaults(func=cmd_bench_daemon)

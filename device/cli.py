@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from leukoscope import __version__, appcli, modelcli, webcli
+from leukoscope.cliargs import positive_int, thread_count
 from leukoscope.errors import LeukoscopeError
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="classify image files or folders")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument("--bundle", type=Path, default=None, help="model bundle folder")
-    p.add_argument("--threads", type=int, default=1, help="interpreter threads")
+    p.add_argument("--threads", type=thread_count, default=1, help="interpreter threads")
     p.add_argument("--json", action="store_true", help="JSON Lines output")
     p.add_argument(
         "--no-quality-gate", action="store_true", help="classify even photos the gate refuses"
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time decode, preprocess and inference (prints figures)")
     p.add_argument("--bundle", type=Path, default=None, help="model bundle folder")
-    p.add_argument("--runs", type=int, default=30, help="runs per stage (median taken)")
+    p.add_argument("--runs", type=positive_int, default=30, help="runs per stage (median taken)")
     p.add_argument("--report", type=Path, default=None, help="write a Markdown report here")
     p.set_defaults(func=cmd_bench)
 
@@ -139,13 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bundle", dest="stand_in", type=Path, default=None, help="also time it on every crop"
     )
-    p.add_argument("--threads", type=int, default=1, help="interpreter threads")
-    p.add_argument("--runs", type=int, default=15, help="runs per stage (median taken)")
+    p.add_argument("--threads", type=thread_count, default=1, help="interpreter threads")
+    p.add_argument("--runs", type=positive_int, default=15, help="runs per stage (median taken)")
     p.set_defaults(func=cmd_bench_cells)
 
     p = sub.add_parser("demo-images", help="write synthetic smear fields")
     p.add_argument("folder", type=Path)
-    p.add_argument("--count", type=int, default=6)
+    p.add_argument("--count", type=positive_int, default=6)
     p.set_defaults(func=cmd_demo_images)
     return parser
 
@@ -165,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except LeukoscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the user gave that cannot be used: say which and why
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from leukoscope.cliargs import positive_int
+
 
 def cmd_set_password(args: argparse.Namespace) -> int:
     """Ask for the status page's password and store its salted hash (mode 0600)."""
@@ -15,13 +17,17 @@ def cmd_set_password(args: argparse.Namespace) -> int:
     from leukoscope.web.auth import write_password_file
 
     path = args.file or load_config(config_path(args.config)).web.password_file
-    if args.stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = getpass.getpass("New status page password: ")
-        if getpass.getpass("Again: ") != password:
-            print("error: the two passwords differ; nothing changed", file=sys.stderr)
-            return 1
+    try:
+        if args.stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = getpass.getpass("New status page password: ")
+            if getpass.getpass("Again: ") != password:
+                print("error: the two passwords differ; nothing changed", file=sys.stderr)
+                return 1
+    except EOFError:  # Ctrl-D, or no terminal and nothing on stdin
+        print("error: no password given (end of input); nothing changed", file=sys.stderr)
+        return 1
     try:
         write_password_file(path, password)
     except ValueError as exc:
@@ -61,8 +67,8 @@ def add_subcommands(sub: Any) -> None:
         "bench-web", help="/api/status latency under load while captures run (prints figures)"
     )
     p.add_argument("--bundle", type=Path, default=None, help="model bundle folder")
-    p.add_argument("--clients", type=int, default=20, help="concurrent clients")
-    p.add_argument("--captures", type=int, default=20, help="captures per phase")
+    p.add_argument("--clients", type=positive_int, default=20, help="concurrent clients")
+    p.add_argument("--captures", type=positive_int, default=20, help="captures per phase")
     p.add_argument(
         "--interval",
         type=float,

@@ -71,6 +71,10 @@ def check_new_password(password: str) -> None:
         raise ValueError(f"the password needs at least {MIN_PASSWORD_CHARS} characters")
     if len(password) > MAX_PASSWORD_CHARS:
         raise ValueError(f"the password may have at most {MAX_PASSWORD_CHARS} characters")
+    try:
+        password.encode()
+    except UnicodeEncodeError:  # stdin bytes that are not UTF-8 arrive as surrogates
+        raise ValueError("the password is not valid UTF-8 text") from None
 
 
 def write_password_file(path: Path, password: str) -> None:

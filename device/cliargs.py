@@ -1,0 +1,27 @@
+"""Argument types shared by the command-line tools: a bad number is a usage error."""
+
+from __future__ import annotations
+
+import argparse
+
+#: More interpreter threads than this only slows a Pi down (and a huge count crashes it).
+MAX_THREADS = 64
+
+
+def positive_int(text: str) -> int:
+    """An integer of at least 1 (argparse `type=`)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small: it must be at least 1")
+    return value
+
+
+def thread_count(text: str) -> int:
+    """An interpreter thread count in 1..MAX_THREADS (argparse `type=`)."""
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{value} is too many: at most {MAX_THREADS}")
+    return value
