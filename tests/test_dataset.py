@@ -149,3 +149,24 @@ def test_split_is_stratified_and_near_60_20_20() -> None:
             assert [cell.count(s) for s in SPLITS] == [180, 60, 60]
     other = split_groups(_rows(spec), seed=6)
     assert [r.split for r in rows] != [r.split for r in other]
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "unlabelled"])
+def test_dataset_with_no_images_is_an_error_and_keeps_the_old_table(
+    tmp_path: Path, make: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from leukoscope_tools.cli import main
+
+    root = tmp_path / "data"
+    if make != "missing":
+        (root / "clinic").mkdir(parents=True)
+    if make == "unlabelled":
+        _write(root / "clinic" / "mystery" / "a.png", make_smear(320, 240, seed=1).image)
+    table = tmp_path / "split.csv"
+    table.write_text("the table a long run depends on\n")
+    argv = ["dataset", str(root), "--sources", "clinic", "--out", str(table)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(root) in err
+    assert table.read_text() == "the table a long run depends on\n"
+    assert not table.with_suffix(".json").exists()

@@ -104,6 +104,8 @@ def index_source(
     """
     label_map = DEFAULT_LABEL_MAP if label_map is None else label_map
     folder = root / source
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such source folder (see --sources)")
     rows: list[Row] = []
     skipped: list[str] = []
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -305,6 +307,8 @@ def build_table(
         got, skip = index_source(root, source, label_map)
         rows += got
         skipped += skip
+    if not rows:  # an empty table would silently replace a real one
+        raise ValueError(f"{root}: no labelled images in {', '.join(sources)}")
     near = near_duplicate_pairs(rows, near_dup_bits)
     exact = {(a, b) for a, b in near if rows[a].sha256 == rows[b].sha256}
     near_only = [(a, b) for a, b in near if (a, b) not in exact]
