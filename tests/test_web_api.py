@@ -182,6 +182,14 @@ def test_bad_listing_parameters_are_400(client, source, query):
     assert client.get("/history?" + query).status_code == 400
 
 
+@pytest.mark.parametrize("query", ["limit=5&limit=7", "verdict=retake&verdict=fault"])
+def test_a_repeated_parameter_is_400_not_a_guess(client, source, query):
+    fill(source, 3)
+    resp = client.get("/api/results?" + query)
+    assert resp.status_code == 400
+    assert query.split("=")[0] + " is given 2 times" in resp.get_json()["error"]
+
+
 def test_filters_by_verdict_and_date(client, source):
     source.add_record("retake", created=datetime(2026, 5, 1, 10, tzinfo=UTC))
     source.add_record("leukemia-suspected", created=datetime(2026, 5, 2, 23, 59, tzinfo=UTC))
@@ -328,6 +336,18 @@ def test_capture_body_must_be_an_object_and_small(client, source):
     big = client.post("/api/capture", data="x" * 40_000, headers=h, content_type="application/json")
     assert big.status_code == 413
     assert client.get("/api/capture").status_code == 405
+    assert source.captures_requested == []
+
+
+def test_capture_body_of_another_type_or_with_a_repeated_field_starts_nothing(client, source):
+    _, token = login(client)
+    h = {"X-CSRF-Token": token}
+    as_text = client.post(
+        "/api/capture", data='{"sample_id": "P-7"}', headers=h, content_type="text/plain"
+    )
+    assert as_text.status_code == 415 and "application/json" in as_text.get_json()["error"]
+    twice = client.post("/api/capture", data={"sample_id": ["P-7", "P-8"]}, headers=h)
+    assert twice.status_code == 400 and "sample_id" in twice.get_json()["error"]
     assert source.captures_requested == []
 
 

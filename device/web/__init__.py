@@ -27,7 +27,12 @@ from flask import (
     session,
     url_for,
 )
-from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    InternalServerError,
+    RequestEntityTooLarge,
+)
 from werkzeug.wrappers import Response as WResponse
 
 from leukoscope import __version__
@@ -141,6 +146,10 @@ def _check_access() -> WResponse | None:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length > limit:
         raise RequestEntityTooLarge(f"request bodies are limited to {limit} bytes")
+    for params in (request.args, request.form):
+        for name, values in params.lists():
+            if len(values) > 1:  # which one was meant? refuse rather than guess
+                raise BadRequest(f"{name} is given {len(values)} times: give it once")
     g.logged_in = logged_in()
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token")

@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context, url_for
-from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable
+from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable, UnsupportedMediaType
 
 from leukoscope.web import ctx, login_required, params
 from leukoscope.web.prometheus import render_metrics
 from leukoscope.web.source import CaptureRefusedError, ResultFilter
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 bp = Blueprint("api", __name__)
 
@@ -117,6 +119,9 @@ def result_image(record_id: str) -> Response:
 @login_required
 def capture() -> tuple[Response, int]:
     """Start a capture like the button does; JSON or form body may carry `sample_id`."""
+    if not request.is_json and request.mimetype not in FORM_TYPES and request.get_data():
+        # e.g. JSON sent as text/plain: its sample id would be lost without a word
+        raise UnsupportedMediaType("send the body as application/json or as a form")
     body: Any = request.get_json(silent=True) if request.is_json else request.form
     if request.is_json and not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
