@@ -23,6 +23,8 @@ from leukoscope.errors import LeukoscopeError
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 4096
+#: How long a client may take to send its request line before it is answered and dropped.
+REQUEST_TIMEOUT_S = 10.0
 
 
 class ControlError(LeukoscopeError, ConnectionError):
@@ -38,9 +40,16 @@ class Controlled(Protocol):
 
 class _Handler(socketserver.StreamRequestHandler):
     server: _Server
+    timeout = REQUEST_TIMEOUT_S  # a client that connects and sends nothing must not hold a thread
 
     def handle(self) -> None:
-        line = self.rfile.readline(MAX_REQUEST_BYTES + 1)
+        try:
+            line = self.rfile.readline(MAX_REQUEST_BYTES + 1)
+        except TimeoutError:
+            reply = {"ok": False, "error": f"bad request: none within {self.timeout:g} s"}
+            with contextlib.suppress(OSError):
+                self.wfile.write(json.dumps(reply).encode() + b"\n")
+            return
         try:
             if len(line) > MAX_REQUEST_BYTES:
                 raise ValueError("request too long")
