@@ -366,8 +366,10 @@ class ModelStore:
             ident = target
         exact = [v for v in versions if v.id == ident]
         matches = exact or [
-            v for v in versions if v.id.startswith(ident) or f"{v.name}-{v.version}" == ident
-        ]
+            v
+            for v in versions
+            if (ident and v.id.startswith(ident)) or f"{v.name}-{v.version}" == ident
+        ]  # an empty prefix would match whatever happens to be installed
         if len(matches) != 1:
             known = ", ".join(v.id for v in versions) or "none"
             what = "no installed model" if not matches else "more than one installed model"

@@ -149,6 +149,14 @@ def test_install_activate_rollback_and_list(signed: list[Path], keys: Path, tmp_
     assert all("ok" in line and "alice@lab" in line for line in ok)
 
 
+def test_an_empty_version_matches_nothing(signed: list[Path], keys: Path, tmp_path: Path):
+    store = ModelStore(settings(tmp_path, keys))
+    store.install(signed[0], activate=False, report=quiet)
+    with pytest.raises(ModelStoreError, match="no installed model matches ''"):
+        store.activate("", report=quiet)
+    assert store.link(ACTIVE) is None
+
+
 def test_installing_the_same_bundle_twice_is_harmless(
     signed: list[Path], keys: Path, tmp_path: Path
 ):
