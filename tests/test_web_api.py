@@ -339,13 +339,15 @@ def test_capture_body_must_be_an_object_and_small(client, source):
     assert source.captures_requested == []
 
 
-def test_capture_body_of_another_type_or_with_a_repeated_field_starts_nothing(client, source):
+def test_capture_body_of_another_type_misspelt_or_repeated_starts_nothing(client, source):
     _, token = login(client)
     h = {"X-CSRF-Token": token}
     as_text = client.post(
         "/api/capture", data='{"sample_id": "P-7"}', headers=h, content_type="text/plain"
     )
     assert as_text.status_code == 415 and "application/json" in as_text.get_json()["error"]
+    misspelt = client.post("/api/capture", json={"sampleid": "P-7"}, headers=h)
+    assert misspelt.status_code == 400 and "'sampleid'" in misspelt.get_json()["error"]
     twice = client.post("/api/capture", data={"sample_id": ["P-7", "P-8"]}, headers=h)
     assert twice.status_code == 400 and "sample_id" in twice.get_json()["error"]
     assert source.captures_requested == []

@@ -125,6 +125,9 @@ def capture() -> tuple[Response, int]:
     body: Any = request.get_json(silent=True) if request.is_json else request.form
     if request.is_json and not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(body or ()) - {"sample_id", "csrf_token"})
+    if unknown:  # a misspelt sample_id would otherwise be a capture without one
+        raise BadRequest(f"unknown field {unknown[0]!r}: the body may only carry sample_id")
     sample_id = params.sample_id((body or {}).get("sample_id"))
     try:
         started = ctx().source.request_capture(sample_id)
