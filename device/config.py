@@ -439,6 +439,9 @@ def config_path(flag: Path | None) -> Path:
 
 def load_config(path: Path) -> Config:
     """Read and validate a TOML config file."""
+    if Path(path).exists() and not (Path(path).is_file() or Path(path).is_dir()):
+        # reading a pipe or a device could wait forever
+        raise ConfigError(f"{path}: not a regular file (a pipe, socket or device)")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:

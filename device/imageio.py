@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import stat
 import warnings
 from pathlib import Path
 
@@ -31,13 +32,16 @@ def _read_bytes(source: Source) -> tuple[bytes, str]:
     path = Path(source)
     name = str(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
     except OSError as exc:
         raise ImageError(f"{name}: cannot read: {exc.strerror}") from None
-    if path.is_dir():
+    if stat.S_ISDIR(st.st_mode):
         raise ImageError(f"{name}: is a directory, not an image")
+    if not stat.S_ISREG(st.st_mode):  # reading a pipe or /dev/zero would never end
+        raise ImageError(f"{name}: not a regular file (a pipe, socket or device)")
+    size = st.st_size
     if size > MAX_FILE_BYTES:
         raise ImageError(f"{name}: file too large ({size} bytes, limit {MAX_FILE_BYTES})")
     try:

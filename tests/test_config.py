@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,25 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "none.toml")
+
+
+def test_a_pipe_is_refused_not_read_forever(tmp_path: Path) -> None:
+    fifo = tmp_path / "config.toml"
+    os.mkfifo(fifo)
+    errors: list[Exception] = []
+
+    def load() -> None:
+        try:
+            load_config(fifo)
+        except ConfigError as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # the old behaviour: blocked on the pipe; let it go
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert [str(e) for e in errors] == [f"{fifo}: not a regular file (a pipe, socket or device)"]
 
 
 def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

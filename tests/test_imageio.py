@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import threading
 from pathlib import Path
 
 import cv2
@@ -120,6 +122,25 @@ def test_missing_file_is_refused(tmp_path: Path) -> None:
 def test_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="is a directory"):
         load_image(tmp_path)
+
+
+def test_pipe_is_refused_not_read_forever(tmp_path: Path) -> None:
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    errors: list[Exception] = []
+
+    def load() -> None:
+        try:
+            load_image(fifo)
+        except ImageError as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # the old behaviour: blocked on the pipe; let it go
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert [str(e) for e in errors] == [f"{fifo}: not a regular file (a pipe, socket or device)"]
 
 
 def test_non_image_is_refused(tmp_path: Path) -> None:
