@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from leukoscope.cliargs import positive_int
+from leukoscope.cliargs import positive_int, positive_seconds
 from leukoscope.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def add_subcommands(sub: Any) -> None:
         action="store_true",
         help="press the mock GPIO button instead (gpio.pin_factory = 'mock' only)",
     )
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    p.add_argument("--timeout", type=positive_seconds, default=60.0, help="seconds to wait")
     p.set_defaults(func=cmd_capture)
 
     p = sub.add_parser("status", help="print the running daemon's state")

@@ -23,6 +23,8 @@ from leukoscope.cli import main
         ["demo-images", "out", "--count", "0"],
         ["bench-daemon", "--captures", "0"],
         ["bench-web", "--clients", "0"],
+        ["capture", "--timeout", "-5"],  # the daemon captured, the client reported a failure
+        ["capture", "--timeout", "nan"],
     ],
 )
 def test_out_of_range_numbers_are_usage_errors(
