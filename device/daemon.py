@@ -181,9 +181,12 @@ class Daemon:
         if cmd == "press-button":
             if self.cfg.gpio.pin_factory != "mock":
                 return {"ok": False, "error": "press-button needs gpio.pin_factory = 'mock'"}
+            wait = request.get("wait_s", 0)
+            if isinstance(wait, bool) or not isinstance(wait, int | float) or wait != wait:
+                # checked before the press: a refused request must not take a photo
+                return {"ok": False, "error": "wait_s must be a number of seconds"}
             seq = self.state.snapshot()["result_seq"]
             self.press_mock_button()
-            wait = float(request.get("wait_s", 0))
             if wait > 0:
                 self.state.wait_for_result(seq, min(wait, CAPTURE_WAIT_S))
             return {"ok": True, "state": self.state.snapshot()}

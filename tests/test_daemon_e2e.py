@@ -33,6 +33,11 @@ def daemon(tmp_path: Path, session_bundle: Path):
 
 
 def test_button_blurred_dark_and_corrupt_frames(daemon: DaemonProcess, tmp_path: Path) -> None:
+    # 0. A press-button request with a bad wait is refused before the button is pressed.
+    for wait in ("30", [30], True):
+        refused = daemon.request({"cmd": "press-button", "wait_s": wait})
+        assert refused == {"ok": False, "error": "wait_s must be a number of seconds"}
+
     # 1. A press of the (mock) GPIO button: a record, and the verdict's pattern.
     reply = daemon.request({"cmd": "press-button", "wait_s": 30}, timeout=40)
     state = reply["state"]
