@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from leukoscope.bundle import load_bundle
+from leukoscope.bundle import MANIFEST, load_bundle, read_manifest
 from leukoscope.decision import Thresholds
+from leukoscope.errors import BundleError
 from leukoscope_tools.arrays import labels_of, load_uint8, normalise
 from leukoscope_tools.dataset import EXCLUDED, Row, parse_table, select
 from leukoscope_tools.metrics import binary_metrics, choose_cut
@@ -119,7 +120,10 @@ def reevaluate(bundle_dir: Path, root: Path, tol: float = 1e-3) -> tuple[dict[st
     The split travels in the bundle (`split.csv`: paths and sha256, no images); a data
     file whose hash differs from the record is reported instead of silently used.
     """
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    read_manifest(bundle_dir)  # not a bundle, or a bad manifest: BundleError naming the key
+    manifest = json.loads((bundle_dir / MANIFEST).read_text())
+    if not {"cut", "test"} <= manifest["metrics"].keys():
+        raise BundleError(f"{bundle_dir}: manifest metrics lack the recorded cut and test split")
     rows = parse_table((bundle_dir / SPLIT_FILE).read_text(encoding="utf-8"))
     test_rows = select(rows, "test")
     diffs = []
