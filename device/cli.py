@@ -31,6 +31,11 @@ def default_bundle() -> Path:
     return DEFAULT_BUNDLE_CANDIDATES[-1]
 
 
+def _one_line(text: str) -> str:
+    """`text` with control characters escaped: a newline in a file name must not start a line."""
+    return "".join(repr(c)[1:-1] if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text)
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     """Classify image files and folders; one bad file does not stop the others."""
     from leukoscope.bundle import load_bundle
@@ -54,7 +59,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"file": str(path), "error": str(exc)}), flush=True)
             else:
-                print(f"{path}: error: {exc}", flush=True)
+                print(_one_line(f"{path}: error: {exc}"), flush=True)
             continue
         ms = (time.perf_counter() - t0) * 1000
         if args.json:
@@ -76,7 +81,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 else f"p_leukemia {pred.p_leukemia:.3f}"
             )
             print(
-                f"{path}: {pred.verdict.value} ({detail}) [{m.name} {m.version}, {ms:.0f} ms]",
+                _one_line(
+                    f"{path}: {pred.verdict.value} ({detail}) [{m.name} {m.version}, {ms:.0f} ms]"
+                ),
                 flush=True,
             )
     if failures:

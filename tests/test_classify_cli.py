@@ -78,3 +78,17 @@ def test_bad_bundle_is_a_clear_error(tmp_path: Path, mixed_folder: Path) -> None
     assert proc.returncode == 2
     assert "not a bundle directory" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_newline_in_a_file_name_does_not_split_its_line(
+    session_bundle: Path, mixed_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    odd = mixed_folder / "good\n0.png"
+    odd.write_bytes((mixed_folder / "good0.png").read_bytes())
+    broken = mixed_folder / "broken\r\n.jpg"
+    broken.write_bytes(b"not a jpeg")
+    code = main(["classify", str(odd), str(broken), "--bundle", str(session_bundle)])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1 and len(lines) == 2
+    assert lines[0].startswith(f"{mixed_folder}/good\\n0.png: ") and "p_leukemia" in lines[0]
+    assert lines[1].startswith(f"{mixed_folder}/broken\\r\\n.jpg: error: ")
