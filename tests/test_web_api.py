@@ -182,6 +182,16 @@ def test_bad_listing_parameters_are_400(client, source, query):
     assert client.get("/history?" + query).status_code == 400
 
 
+def test_a_misspelt_filter_is_400_not_everything(client, source):
+    fill(source, 3)
+    for path in ("/api/results?verdcit=retake", "/history?verdcit=retake"):
+        resp = client.get(path, headers={"Accept": "application/json"})
+        assert resp.status_code == 400
+    assert "'verdcit'" in client.get("/api/results?verdcit=retake").get_json()["error"]
+    login(client)
+    assert client.get("/api/export.csv?limit=5").status_code == 400  # the export has no pages
+
+
 @pytest.mark.parametrize("query", ["limit=5&limit=7", "verdict=retake&verdict=fault"])
 def test_a_repeated_parameter_is_400_not_a_guess(client, source, query):
     fill(source, 3)

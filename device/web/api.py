@@ -69,6 +69,7 @@ def status() -> Response:
 
 def _listing() -> tuple[int, int | None, ResultFilter]:
     args = request.args
+    params.known_only(args, params.LISTING_KEYS)
     return (
         params.limit(args.get("limit")),
         params.cursor(args.get("cursor")),
@@ -184,6 +185,7 @@ def _csv_cell(value: Any) -> str:
 @login_required
 def export_csv() -> Response:
     """Every record matching `verdict`/`date_from`/`date_to`, newest first, as CSV."""
+    params.known_only(request.args, params.FILTER_KEYS)
     flt = params.result_filter(request.args)
     source = ctx().source
 

@@ -38,6 +38,7 @@ def status() -> tuple[str, int]:
 def history() -> tuple[str, int]:
     """Past results, newest first, filtered by verdict and date."""
     args = request.args
+    params.known_only(args, params.LISTING_KEYS)
     limit = params.limit(args.get("limit"))
     before = params.cursor(args.get("cursor"))
     flt = params.result_filter(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import date
 
 from werkzeug.exceptions import BadRequest
@@ -55,6 +56,18 @@ def day(raw: str | None, name: str) -> date | None:
         return date.fromisoformat(raw)
     except ValueError:
         raise BadRequest(f"{name} must be a date as YYYY-MM-DD") from None
+
+
+#: The query parameters of the CSV export, and of a listing page.
+FILTER_KEYS = frozenset({"verdict", "date_from", "date_to"})
+LISTING_KEYS = FILTER_KEYS | {"limit", "cursor"}
+
+
+def known_only(args: Iterable[str], allowed: frozenset[str]) -> None:
+    """Refuse a parameter the endpoint does not take: a misspelt filter would list everything."""
+    unknown = sorted(set(args) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown parameter {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
 
 
 def result_filter(args: dict[str, str]) -> ResultFilter:
