@@ -92,8 +92,12 @@ def run(
 
 def print_bench(image: Path | None, bundle: Path | None, threads: int, runs: int) -> int:
     """Run the stages and print the figures as Markdown."""
-    jpeg = image.read_bytes() if image else still_jpeg()
-    full = load_image(jpeg)
+    if image is not None:
+        full = load_image(image)  # refused by name: missing, empty, a pipe, not an image
+        jpeg = image.read_bytes()
+    else:
+        jpeg = still_jpeg()
+        full = load_image(jpeg)
     rgb = load_image(jpeg, min_size=DECODE_MIN_SIZE)
     det = detect_white_cells(rgb)
     rows = run(jpeg, runs, bundle, threads)

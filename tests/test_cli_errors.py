@@ -49,6 +49,13 @@ def test_demo_images_into_a_file_path_is_one_error_line(
     assert (tmp_path / "a-file").read_text() == "keep me"
 
 
+def test_bench_cells_names_a_bad_photo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"")
+    assert main(["bench-cells", "--image", str(photo), "--runs", "1"]) == 2
+    assert capsys.readouterr().err == f"error: {photo}: empty file (0 bytes)\n"
+
+
 def _config(tmp_path: Path) -> Path:
     cfg = tmp_path / "config.toml"
     cfg.write_text(
