@@ -158,11 +158,12 @@ def format_report(result: dict[str, Any]) -> str:
 
 def main(bundle_dir: Path, runs: int, report: Path | None) -> int:
     """Run, print, and optionally write the report (Markdown, with a JSON twin)."""
+    if report is not None:  # an unusable --report path fails now, not after the runs
+        report.parent.mkdir(parents=True, exist_ok=True)
     result = run_bench(bundle_dir, runs)
     text = format_report(result)
     print(text, end="")
     if report is not None:
-        report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(text, encoding="utf-8")
         report.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"report written to {report}")

@@ -56,6 +56,16 @@ def test_bench_cells_names_a_bad_photo(tmp_path: Path, capsys: pytest.CaptureFix
     assert capsys.readouterr().err == f"error: {photo}: empty file (0 bytes)\n"
 
 
+def test_bench_with_an_unusable_report_path_fails_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("keep me")
+    report = tmp_path / "a-file" / "report.md"
+    assert main(["bench", "--runs", "1", "--report", str(report)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: {tmp_path / 'a-file'}: File exists\n"
+
+
 def _config(tmp_path: Path) -> Path:
     cfg = tmp_path / "config.toml"
     cfg.write_text(
