@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +61,26 @@ def build_tiny_bundle(out: Path, *, seed: int = 0) -> Path:
         training={"data": "synthetic smears made by tests/helpers.py", "seed": seed},
         metrics={},
     )
+
+
+def refusal_of_a_pipe(load: Callable[[Path], object], fifo: Path) -> list[str]:
+    """Call `load` on a FIFO in a thread; return the error messages it raised.
+
+    A loader that blocks reading the pipe (the bug this guards against) is released
+    after 5 s and returns no message, so the caller's assertion fails instead of hanging.
+    """
+    os.mkfifo(fifo)
+    errors: list[str] = []
+
+    def run() -> None:
+        try:
+            load(fifo)
+        except Exception as exc:
+            errors.append(str(exc))
+
+    reader = threading.Thread(target=run, daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    return errors

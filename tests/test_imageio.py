@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import threading
 from pathlib import Path
 
 import cv2
@@ -16,6 +14,7 @@ from leukoscope import imageio
 from leukoscope.errors import ImageError
 from leukoscope.imageio import as_rgb8, iter_image_paths, load_image
 from leukoscope.synthetic import make_smear
+from tests.helpers import refusal_of_a_pipe
 
 
 @pytest.fixture(scope="module")
@@ -126,21 +125,8 @@ def test_directory_is_refused(tmp_path: Path) -> None:
 
 def test_pipe_is_refused_not_read_forever(tmp_path: Path) -> None:
     fifo = tmp_path / "photo.png"
-    os.mkfifo(fifo)
-    errors: list[Exception] = []
-
-    def load() -> None:
-        try:
-            load_image(fifo)
-        except ImageError as exc:
-            errors.append(exc)
-
-    reader = threading.Thread(target=load, daemon=True)
-    reader.start()
-    reader.join(5)
-    if reader.is_alive():  # the old behaviour: blocked on the pipe; let it go
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-    assert [str(e) for e in errors] == [f"{fifo}: not a regular file (a pipe, socket or device)"]
+    errors = refusal_of_a_pipe(load_image, fifo)
+    assert errors == [f"{fifo}: not a regular file (a pipe, socket or device)"]
 
 
 def test_non_image_is_refused(tmp_path: Path) -> None:
