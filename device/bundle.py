@@ -20,6 +20,7 @@ import numpy as np
 from leukoscope.classifier import TFLiteClassifier
 from leukoscope.decision import Thresholds, Verdict
 from leukoscope.errors import BundleError, ImageError
+from leukoscope.fsutil import read_regular_file
 from leukoscope.imageio import load_image
 from leukoscope.preprocess import PreprocessParams, preprocess
 
@@ -30,6 +31,9 @@ MANIFEST = "manifest.json"
 MODEL_FILE = "model.tflite"
 ANALYSIS_MODES = ("whole-field", "cells")
 SUPPORTED_ANALYSIS_MODES = ("whole-field",)
+#: Size limits: a manifest is a few kB, the shipped int8 model about 1 MB.
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_FILE_BYTES = 64 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Manifest keys, each with whether it is required.
@@ -266,7 +270,7 @@ def read_manifest(root: Path) -> Manifest:
     if not root.is_dir():
         raise BundleError(f"{root}: not a bundle directory")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path, MAX_MANIFEST_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise BundleError(f"{root}: missing file {MANIFEST}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -329,7 +333,7 @@ def _check_files(root: Path, manifest: Manifest) -> dict[str, bytes]:
     for rel, want in sorted(manifest.files.items()):
         path = root / rel
         try:
-            data = path.read_bytes()
+            data = read_regular_file(path, MAX_FILE_BYTES)
         except FileNotFoundError:
             raise BundleError(f"{root}: missing file {rel}") from None
         except OSError as exc:

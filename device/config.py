@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from leukoscope.errors import ConfigError
+from leukoscope.fsutil import NotRegularFileError, read_regular_file
 from leukoscope.quality import QualityThresholds
 
 #: Where the daemon looks when neither --config nor $LEUKOSCOPE_CONFIG says.
 DEFAULT_CONFIG_PATH = Path("/etc/leukoscope/config.toml")
 CONFIG_ENV = "LEUKOSCOPE_CONFIG"
+#: A config file is a few kB; anything far larger is not one.
+MAX_CONFIG_BYTES = 1 << 20
 CAMERA_BACKENDS = ("picamera2", "opencv", "replay")
 PIN_FACTORIES = ("lgpio", "rpigpio", "native", "mock")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -439,13 +442,12 @@ def config_path(flag: Path | None) -> Path:
 
 def load_config(path: Path) -> Config:
     """Read and validate a TOML config file."""
-    if Path(path).exists() and not (Path(path).is_file() or Path(path).is_dir()):
-        # reading a pipe or a device could wait forever
-        raise ConfigError(f"{path}: not a regular file (a pipe, socket or device)")
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_regular_file(Path(path), MAX_CONFIG_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except NotRegularFileError:
+        raise ConfigError(f"{path}: not a regular file (a pipe, socket or device)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read ({exc})") from None
     try:

@@ -13,6 +13,7 @@ from leukoscope.bundle import load_bundle, parse_manifest
 from leukoscope.decision import Thresholds, Verdict
 from leukoscope.errors import BundleError
 from leukoscope.synthetic import make_smear
+from tests.helpers import refusal_of_a_pipe
 
 
 def _edit_manifest(root: Path, edit: Any) -> None:
@@ -131,3 +132,15 @@ def test_quantisation_parameters_come_from_the_interpreter(session_bundle: Path)
     for value in (-5.0, 0.0, 1.0, 5.0):
         out = clf.predict(np.full(shape, value, np.float32))
         assert np.all((out >= 0) & (out <= 1))
+
+
+def test_a_pipe_in_place_of_the_manifest_is_refused(bundle_copy: Path) -> None:
+    (bundle_copy / "manifest.json").unlink()
+    errors = refusal_of_a_pipe(lambda _: load_bundle(bundle_copy), bundle_copy / "manifest.json")
+    assert len(errors) == 1 and "not a regular file" in errors[0]
+
+
+def test_a_pipe_in_place_of_the_model_is_refused(bundle_copy: Path) -> None:
+    (bundle_copy / "model.tflite").unlink()
+    errors = refusal_of_a_pipe(lambda _: load_bundle(bundle_copy), bundle_copy / "model.tflite")
+    assert len(errors) == 1 and "cannot read model.tflite (not a regular file" in errors[0]

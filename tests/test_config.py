@@ -131,3 +131,10 @@ def test_run_refuses_a_bad_config_with_exit_78(tmp_path: Path) -> None:
     )
     assert proc.returncode == 78
     assert "unknown key(s) camera.replay.fps" in proc.stderr
+
+
+def test_a_huge_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(ConfigError, match="file too large"):
+        load_config(path)
