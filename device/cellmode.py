@@ -98,17 +98,17 @@ def white_balance(
     return np.clip(crops.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
 
 
-def cell_batch(
+def cell_crops(
     rgb: np.ndarray,
     cells: list[WhiteCell],
     detection: Detection,
     settings: CellSettings,
     pre: PreprocessParams,
 ) -> np.ndarray:
-    """The model inputs (N x h x w x 3 float32) for `cells` of the field `rgb`.
+    """The filtered uint8 crops (N x h x w x 3) the model sees, before normalisation.
 
     Crops are taken at `pre.input_size` directly (no intermediate resize), white-balanced
-    by the field's background, filtered as the paper does, then normalised.
+    by the field's background, then filtered as the paper does.
     """
     width, height = pre.input_size
     if width != height:
@@ -122,10 +122,25 @@ def cell_batch(
         background=detection.background_rgb,
     )
     crops = white_balance(crops, detection.background_rgb, settings.glass_level)
-    out = np.empty(crops.shape, np.float32)
-    for i, crop in enumerate(crops):
-        out[i] = filter_paper(crop, pre)
-    return out * np.float32(pre.scale) + np.float32(pre.offset)
+    for i in range(len(crops)):
+        crops[i] = filter_paper(crops[i], pre)
+    return crops
+
+
+def normalise(crops: np.ndarray, pre: PreprocessParams) -> np.ndarray:
+    """uint8 crops -> the model's float32 inputs."""
+    return crops.astype(np.float32) * np.float32(pre.scale) + np.float32(pre.offset)
+
+
+def cell_batch(
+    rgb: np.ndarray,
+    cells: list[WhiteCell],
+    detection: Detection,
+    settings: CellSettings,
+    pre: PreprocessParams,
+) -> np.ndarray:
+    """The model inputs (N x h x w x 3 float32) for `cells` of the field `rgb`."""
+    return normalise(cell_crops(rgb, cells, detection, settings, pre), pre)
 
 
 def field_area_um2(shape: tuple[int, ...], px_per_um: float) -> float:
