@@ -23,6 +23,8 @@ from leukoscope.errors import LeukoscopeError
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 4096
+#: The longest reply line a client reads (a status reply is about 2 kB).
+MAX_REPLY_BYTES = 1 << 20
 #: How long a client may take to send its request line before it is answered and dropped.
 REQUEST_TIMEOUT_S = 10.0
 
@@ -126,9 +128,12 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 60.0) -> dict[
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(path))
-            sock.sendall(json.dumps(payload).encode() + b"\n")
+            # The daemon stops reading a request that is too long and answers at once:
+            # its answer is still waiting to be read after the pipe breaks.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(json.dumps(payload).encode() + b"\n")
             with sock.makefile("rb") as f:
-                line = f.readline()
+                line = f.readline(MAX_REPLY_BYTES)
     except FileNotFoundError:
         raise ControlError(f"no daemon running (no control socket at {path})") from None
     except TimeoutError:
@@ -137,7 +142,10 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 60.0) -> dict[
         raise ControlError(f"cannot reach the daemon at {path}: {exc}") from None
     if not line:
         raise ControlError("the daemon closed the connection without answering")
-    reply = json.loads(line)
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        raise ControlError(f"the daemon's reply is not JSON: {line[:80]!r}") from None
     if not isinstance(reply, dict):
         raise ControlError(f"unexpected reply {reply!r}")
     return reply

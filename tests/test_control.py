@@ -62,3 +62,32 @@ def test_a_client_that_never_sends_is_answered_and_dropped(server: ControlServer
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert threading.active_count() <= before
+
+
+@pytest.mark.parametrize("size", [5_000, 2_000_000])
+def test_a_request_too_long_gets_its_answer_not_a_broken_pipe(
+    server: ControlServer, size: int
+) -> None:
+    # The daemon stops reading after MAX_REQUEST_BYTES; the client, still sending a long
+    # request, must read the answer instead of reporting the daemon unreachable.
+    reply = request(server.path, {"cmd": "x" * size}, timeout=5)
+    assert reply == {"ok": False, "error": "bad request: request too long"}
+
+
+def test_a_reply_that_is_not_json_is_a_control_error(tmp_path: Path) -> None:
+    path = tmp_path / "fake.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"<html>not the daemon</html>\n")
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        with pytest.raises(control.ControlError, match="not JSON"):
+            request(path, {"cmd": "status"}, timeout=5)
+        thread.join(5)
