@@ -404,6 +404,8 @@ class Daemon:
             rec.probabilities = analysis.probabilities
             rec.retake_reasons = analysis.retake_reasons
             rec.quality = None if analysis.quality is None else analysis.quality.metrics.to_json()
+            cells = getattr(analysis, "cells", None)  # the per-cell result of a `cells` bundle
+            rec.cells = None if cells is None else cells.to_json()
             shown = IndicatorState.for_verdict(analysis.verdict)
         m = self.bundle.manifest
         rec.model_name, rec.model_version, rec.model_sha256 = m.name, m.version, m.model_sha256

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -28,7 +29,8 @@ from leukoscope.fsutil import fsync_dir
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: 1: the first schema; 2: adds `cells` (the per-cell result of a `cells` bundle).
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -50,7 +52,8 @@ CREATE TABLE IF NOT EXISTS results (
     image_sha256    TEXT,
     image_bytes     INTEGER,
     image_deleted   INTEGER NOT NULL DEFAULT 0,
-    image_deleted_at TEXT
+    image_deleted_at TEXT,
+    cells           TEXT               -- JSON object (CellReport), NULL in whole-field mode
 );
 CREATE INDEX IF NOT EXISTS results_created ON results (created_unix);
 CREATE INDEX IF NOT EXISTS results_image ON results (image_deleted, created_unix);
@@ -58,6 +61,11 @@ CREATE INDEX IF NOT EXISTS results_image ON results (image_deleted, created_unix
 TMP_DIR = ".tmp"
 #: More unreferenced (or missing) images than a few crashes can explain: touch nothing.
 MAX_CRASH_ORPHANS = 5
+#: The largest per-cell result kept with a record (4,096 cells fit several times over);
+#: a larger one keeps its counts and loses its per-cell list.
+MAX_CELLS_JSON_BYTES = 1 << 20
+#: Columns holding JSON, decoded when a record is read.
+JSON_COLUMNS = ("probabilities", "retake_reasons", "quality", "timings_ms", "cells")
 
 
 @dataclass
@@ -77,10 +85,64 @@ class NewRecord:
     model_name: str | None = None
     model_version: str | None = None
     model_sha256: str | None = None
+    #: The per-cell result (CellReport.to_json()), None in whole-field mode.
+    cells: dict[str, Any] | None = None
 
 
 def _iso(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds")
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as Python numbers and lists (for json.dumps)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON data")
+
+
+def cells_json(cells: Any) -> str | None:
+    """The per-cell result as stored: a JSON object of finite numbers, size-capped.
+
+    Not an object (or not JSON data at all) is dropped with a warning: the record itself
+    must still be written. Over MAX_CELLS_JSON_BYTES, the per-cell list is left out (the
+    counts stay) and `cells_omitted` says how many cells it held.
+    """
+    if cells is None:
+        return None
+    if not isinstance(cells, dict):
+        logger.warning("per-cell result dropped: a %s, not an object", type(cells).__name__)
+        return None
+    try:
+        clean = _finite(json.loads(json.dumps(cells, default=_plain)))
+    except (TypeError, ValueError, RecursionError) as exc:
+        logger.warning("per-cell result dropped: not JSON data (%s)", exc)
+        return None
+    text = json.dumps(clean, allow_nan=False, separators=(",", ":"))
+    if len(text) > MAX_CELLS_JSON_BYTES:
+        listed = clean.get("cells")
+        logger.warning(
+            "per-cell result of %d bytes is over %d: its per-cell list is not kept",
+            len(text),
+            MAX_CELLS_JSON_BYTES,
+        )
+        clean["cells"] = []
+        clean["cells_omitted"] = len(listed) if isinstance(listed, list) else None
+        text = json.dumps(clean, allow_nan=False, separators=(",", ":"))
+        if len(text) > MAX_CELLS_JSON_BYTES:
+            logger.warning("per-cell result dropped: still %d bytes without its list", len(text))
+            return None
+    return text
 
 
 def free_bytes(path: Path) -> int:
@@ -113,18 +175,37 @@ class Store:
             if mode != "wal":
                 raise StoreError(f"{self.database}: cannot use WAL mode (got {mode})")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.database}: schema version {version}, this build knows {SCHEMA_VERSION}"
-                )
+            self._migrate(self._db)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the record store {self.database}: {exc}") from None
         #: Bytes of the last image a full disk refused, to judge when space is back.
         self.last_failed_bytes = 0
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Create the schema, or bring an older database up to SCHEMA_VERSION in place.
+
+        Version 1 lacks `cells`: the column is added (NULL for the old records, which then
+        show no overlay) in the same transaction that raises the version.
+        """
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.database}: schema version {version}, this build knows {SCHEMA_VERSION}"
+                " (a newer Leukoscope wrote it)"
+            )
+        db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
+        steps = [] if "cells" in columns else ["ALTER TABLE results ADD COLUMN cells TEXT;"]
+        if steps or version != SCHEMA_VERSION:
+            db.executescript(
+                "BEGIN IMMEDIATE;\n"
+                + "\n".join(steps)
+                + f"\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;"
+            )
+            if version:
+                logger.info(
+                    "record store %s: schema %d -> %d", self.database, version, SCHEMA_VERSION
+                )
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -171,6 +252,7 @@ class Store:
             StoreError: the disk is full or the database cannot be written; nothing of
                 this record is left behind.
         """
+        cells_text = cells_json(rec.cells)
         with self._lock:
             rel = self._write_image(image, suffix, rec.created_unix) if image else None
             try:
@@ -178,7 +260,7 @@ class Store:
                     """INSERT INTO results (created_at, created_unix, trigger, sample_id,
                     outcome, p_leukemia, probabilities, retake_reasons, quality, timings_ms,
                     error, model_name, model_version, model_sha256, image_path, image_sha256,
-                    image_bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                    image_bytes, cells) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
                     (
                         _iso(rec.created_unix),
                         rec.created_unix,
@@ -197,6 +279,7 @@ class Store:
                         None if rel is None else rel.as_posix(),
                         None if image is None else sha256_bytes(image),
                         None if image is None else len(image),
+                        cells_text,
                     ),
                 )
             except sqlite3.Error as exc:
@@ -210,7 +293,7 @@ class Store:
     @staticmethod
     def _row(row: sqlite3.Row) -> dict[str, Any]:
         out = dict(row)
-        for key in ("probabilities", "retake_reasons", "quality", "timings_ms"):
+        for key in JSON_COLUMNS:
             if out.get(key) is not None:
                 out[key] = json.loads(out[key])
         out["image_deleted"] = bool(out["image_deleted"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -158,3 +159,154 @@ def test_recover_leaves_records_alone_when_no_image_is_there(tmp_path: Path) -> 
     s.recover()
     assert not any((s.get(i) or {})["image_deleted"] for i in ids)
     s.close()
+
+
+# --- the per-cell result (issue 8) ------------------------------------------------------------
+
+
+def cell_report(n: int = 2) -> dict[str, Any]:
+    """A CellReport-shaped object, as `Analysis.cells.to_json()` gives it."""
+    cells = [
+        {
+            "x": 10.5 + 20 * i,
+            "y": 30.0,
+            "box": [i * 20, 20, i * 20 + 21, 41],
+            "p_blast": 0.9 if i % 2 else 0.1,
+            "blast": bool(i % 2),
+            "clump": False,
+        }
+        for i in range(n)
+    ]
+    return {
+        "px_per_um": 5.87,
+        "scale_source": "red-cells",
+        "image_size": [640, 480],
+        "n_found": n,
+        "n_classified": n,
+        "n_blasts": n // 2,
+        "top_k_mean": 0.61,
+        "density": 1.12,
+        "blast_fraction": 0.5,
+        "score": 0.65,
+        "cell_cut": 0.5,
+        "cells": cells,
+    }
+
+
+def test_cells_round_trip_with_the_record(store: Store) -> None:
+    report = cell_report(3)
+    rid = store.add(rec(cells=report), b"img", ".jpg")
+    whole = store.add(rec(), b"img2", ".jpg")
+    assert (store.get(rid) or {})["cells"] == report
+    assert (store.get(whole) or {})["cells"] is None
+    assert [r["cells"] for r in store.recent()] == [None, report]
+
+
+def test_cells_with_nan_or_numpy_numbers_are_stored_as_plain_json(store: Store) -> None:
+    import numpy as np
+
+    report = cell_report(2)
+    report["score"] = float("nan")
+    report["density"] = np.float32(1.5)
+    report["cells"][0]["p_blast"] = float("inf")
+    report["cells"][1]["box"] = np.array([1, 2, 3, 4])
+    rid = store.add(rec(cells=report), None)
+    text = store.db.execute("SELECT cells FROM results WHERE id = ?", (rid,)).fetchone()[0]
+    assert "NaN" not in text and "Infinity" not in text
+    got = (store.get(rid) or {})["cells"]
+    assert got["score"] is None and got["density"] == 1.5
+    assert got["cells"][0]["p_blast"] is None and got["cells"][1]["box"] == [1, 2, 3, 4]
+
+
+def test_an_oversized_cell_list_keeps_the_counts(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import leukoscope.store as store_mod
+
+    monkeypatch.setattr(store_mod, "MAX_CELLS_JSON_BYTES", len(json.dumps(cell_report(10))))
+    small = store.add(rec(cells=cell_report(5)), None)
+    big = store.add(rec(cells=cell_report(400)), None)
+    assert len((store.get(small) or {})["cells"]["cells"]) == 5
+    got = (store.get(big) or {})["cells"]
+    assert got["cells"] == [] and got["cells_omitted"] == 400
+    assert got["n_found"] == 400 and got["n_blasts"] == 200 and got["score"] == 0.65
+
+
+def test_cells_that_are_not_an_object_are_dropped_but_the_record_is_kept(store: Store) -> None:
+    rid = store.add(rec(cells=["not", "an", "object"]), None)
+    other = store.add(rec(cells={"bad": object()}), None)
+    assert (store.get(rid) or {})["outcome"] == "no-leukemia-suspected"
+    assert (store.get(rid) or {})["cells"] is None and (store.get(other) or {})["cells"] is None
+
+
+#: The first schema, as databases written before issue 8 have it.
+SCHEMA_V1 = """
+CREATE TABLE results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, created_unix REAL NOT NULL,
+    trigger TEXT NOT NULL, sample_id TEXT, outcome TEXT NOT NULL, p_leukemia REAL,
+    probabilities TEXT, retake_reasons TEXT NOT NULL, quality TEXT, timings_ms TEXT NOT NULL,
+    error TEXT, model_name TEXT, model_version TEXT, model_sha256 TEXT, image_path TEXT,
+    image_sha256 TEXT, image_bytes INTEGER, image_deleted INTEGER NOT NULL DEFAULT 0,
+    image_deleted_at TEXT
+);
+CREATE INDEX results_created ON results (created_unix);
+CREATE INDEX results_image ON results (image_deleted, created_unix);
+PRAGMA user_version=1;
+"""
+
+
+def test_an_old_database_opens_keeps_its_records_and_gains_cells(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite3"
+    image = tmp_path / "images" / "2025" / "01" / "02" / "old.jpg"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"old photo")
+    old = sqlite3.connect(db)
+    old.executescript(SCHEMA_V1)
+    old.execute(
+        "INSERT INTO results (created_at, created_unix, trigger, sample_id, outcome, p_leukemia,"
+        " retake_reasons, timings_ms, image_path) VALUES (?,?,?,?,?,?,?,?,?)",
+        (
+            "2025-01-02T00:00:00.000+00:00",
+            1735776000.0,
+            "button",
+            "OLD-1",
+            "leukemia-suspected",
+            0.8,
+            "[]",
+            '{"inference": 3.0}',
+            "2025/01/02/old.jpg",
+        ),
+    )
+    old.commit()
+    old.close()
+
+    s = Store(db, tmp_path / "images")
+    try:
+        s.recover()  # the old record's image is still its own
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        [row] = s.recent()
+        assert row["sample_id"] == "OLD-1" and row["p_leukemia"] == 0.8
+        assert row["cells"] is None and not row["image_deleted"]
+        assert s.image_file(row) == image and image.read_bytes() == b"old photo"
+        new = s.add(rec(cells=cell_report(1)), b"new", ".jpg")
+        assert (s.get(new) or {})["cells"] == cell_report(1)
+    finally:
+        s.close()
+    again = Store(db, tmp_path / "images")  # a second open migrates nothing
+    try:
+        assert [r["sample_id"] for r in again.recent()] == [None, "OLD-1"]
+    finally:
+        again.close()
+
+
+def test_a_database_from_a_newer_build_is_refused_untouched(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite3"
+    Store(db, tmp_path / "images").close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version=3")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version 3"):
+        Store(db, tmp_path / "images")
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    conn.close()

@@ -26,6 +26,7 @@ import cv2
 
 from leukoscope.bundle import MANIFEST, read_manifest
 from leukoscope.errors import BundleError, CameraError
+from leukoscope.store import JSON_COLUMNS
 from leukoscope.web import system
 from leukoscope.web.source import CaptureRefusedError, Preview, ResultFilter, ResultPage
 
@@ -44,7 +45,6 @@ PREVIEW_JPEG_QUALITY = 75
 STAGE_WINDOW = 100
 #: The longest model card the model page shows.
 MAX_CARD_BYTES = 64 * 1024
-_JSON_COLUMNS = ("probabilities", "retake_reasons", "quality", "timings_ms")
 
 
 def _day_start(day: Any) -> float:
@@ -54,7 +54,7 @@ def _day_start(day: Any) -> float:
 def decode_row(row: sqlite3.Row) -> dict[str, Any]:
     """A record row as plain data (JSON columns decoded)."""
     out = dict(row)
-    for key in _JSON_COLUMNS:
+    for key in JSON_COLUMNS:
         if out.get(key) is not None:
             try:
                 out[key] = json.loads(out[key])
