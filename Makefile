@@ -55,13 +55,16 @@ system-deps:
 unit: $(VENV)/.installed system-deps
 	$(VENV)/bin/pytest
 
-# The same tiny int8 bundle, built with TensorFlow under numpy 2, must load, pass its
-# golden check and classify under the Pi's numpy 1.24.
+# The same tiny int8 bundles (whole-field, and cells with a dynamic batch), built with
+# TensorFlow under numpy 2, must load, pass their golden checks and classify under the
+# Pi's numpy 1.24.
 test-np124: $(VENV)/.installed $(VENV_NP124)/.installed
 	$(VENV_NP124)/bin/python -c 'import numpy; assert numpy.__version__.startswith("1.24"), numpy.__version__'
-	rm -rf build/test-bundle
+	rm -rf build/test-bundle build/test-cells-bundle
 	$(PY) -c 'from pathlib import Path; from tests.helpers import build_tiny_bundle; build_tiny_bundle(Path("build/test-bundle"))'
-	LEUKOSCOPE_TEST_BUNDLE=build/test-bundle $(VENV_NP124)/bin/pytest -m "not host" -p no:cacheprovider
+	$(PY) -c 'from pathlib import Path; from tests.helpers import build_tiny_cells_bundle; build_tiny_cells_bundle(Path("build/test-cells-bundle"))'
+	LEUKOSCOPE_TEST_BUNDLE=build/test-bundle LEUKOSCOPE_TEST_CELLS_BUNDLE=build/test-cells-bundle \
+		$(VENV_NP124)/bin/pytest -m "not host" -p no:cacheprovider
 
 test: lint typecheck unit test-np124
 

@@ -3,6 +3,10 @@
 Loading verifies the manifest's schema, every listed file's sha256, that the model's
 input matches the manifest, and that the golden inputs still give their recorded
 outputs on this runtime. A bundle that fails any check is refused whole.
+
+Two analysis modes: "whole-field" (the model sees the resized photo) and "cells" (the
+manifest's `cells` object; the model, exported with a dynamic batch, classifies a crop
+of every white cell, and `cellmode` scores the slide; golden cases record slide scores).
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
+from leukoscope.cellmode import CellAnalysis, CellSettings, analyse_cells
 from leukoscope.classifier import TFLiteClassifier
 from leukoscope.decision import Thresholds, Verdict
 from leukoscope.errors import BundleError, ImageError
@@ -30,7 +35,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.tflite"
 ANALYSIS_MODES = ("whole-field", "cells")
-SUPPORTED_ANALYSIS_MODES = ("whole-field",)
+SUPPORTED_ANALYSIS_MODES = ("whole-field", "cells")
 #: Size limits: a manifest is a few kB, the shipped int8 model about 1 MB.
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_FILE_BYTES = 64 << 20
@@ -52,6 +57,7 @@ _TOP_KEYS = {
     "golden": True,
     "training": True,
     "metrics": True,
+    "cells": False,  # required in cells mode, refused in whole-field mode
     "created": False,
     "description": False,
 }
@@ -151,6 +157,8 @@ class Manifest:
     files: dict[str, str]
     golden: tuple[GoldenCase, ...]
     golden_tolerance: float
+    #: The `cells` object (analysis mode "cells"); None in whole-field mode.
+    cells: CellSettings | None = None
 
     @property
     def model_sha256(self) -> str:
@@ -247,6 +255,21 @@ def parse_manifest(raw: Any, where: str = MANIFEST) -> Manifest:
     for key in ("training", "metrics"):
         if not isinstance(top[key], dict):
             raise c.fail(key, "must be an object")
+    cells: CellSettings | None = None
+    if mode == "cells":
+        if "cells" not in top:
+            raise c.fail("cells", "missing: a cells bundle needs its cells object")
+        cells = _parse_cells(c, top["cells"])
+        if params.resize != (width, height):
+            raise c.fail(
+                "preprocess.resize",
+                f"must equal the input size {width}x{height} in cells mode (crops are cut at "
+                f"input size), got {params.resize[0]}x{params.resize[1]}",
+            )
+        if width != height:
+            raise c.fail("input", f"cell crops are square: width {width} != height {height}")
+    elif "cells" in top:
+        raise c.fail("cells", f"only a cells bundle has a cells object (analysis_mode {mode!r})")
     return Manifest(
         raw=top,
         name=name,
@@ -261,7 +284,40 @@ def parse_manifest(raw: Any, where: str = MANIFEST) -> Manifest:
         files=files,
         golden=tuple(cases),
         golden_tolerance=tol,
+        cells=cells,
     )
+
+
+#: The `cells` object's keys: exactly CellSettings' fields, each with its allowed range.
+_CELL_RANGES: dict[str, tuple[float, float]] = {
+    "crop_um": (4.0, 100.0),
+    "glass_level": (1.0, 255.0),
+    "k": (1, 100),
+    "cell_cut": (0.0, 1.0),
+    "min_cells": (1, 4096),
+    "max_cells": (1, 4096),
+    "bias": (-1000.0, 1000.0),
+    "w_top_k": (-1000.0, 1000.0),
+    "w_density": (-1000.0, 1000.0),
+    "w_fraction": (-1000.0, 1000.0),
+}
+assert set(_CELL_RANGES) == {f.name for f in fields(CellSettings)}
+
+
+def _parse_cells(c: _Checker, raw: Any) -> CellSettings:
+    obj = c.obj(raw, "cells", dict.fromkeys(_CELL_RANGES, True))
+    values: dict[str, Any] = {}
+    for f in fields(CellSettings):
+        lo, hi = _CELL_RANGES[f.name]
+        path = f"cells.{f.name}"
+        if f.type in (int, "int"):
+            values[f.name] = c.int_(obj[f.name], path, int(lo), int(hi))
+        else:
+            values[f.name] = c.num(obj[f.name], path, lo, hi)
+    try:
+        return CellSettings(**values)
+    except ValueError as exc:
+        raise c.fail("cells", str(exc)) from None
 
 
 def read_manifest(root: Path) -> Manifest:
@@ -320,11 +376,43 @@ class Bundle:
         return Prediction(p, probs, self.manifest.thresholds.decide(p))
 
     def predict(self, rgb: np.ndarray) -> Prediction:
-        """Classify an 8-bit RGB image."""
+        """Classify an 8-bit RGB image (whole-field mode)."""
         return self.predict_input(preprocess(rgb, self.manifest.preprocess))
 
+    @property
+    def cell_settings(self) -> CellSettings:
+        """The cells object of a cells bundle (ValueError for a whole-field bundle)."""
+        if self.manifest.cells is None:
+            raise ValueError(f"{self.label} is a {self.manifest.analysis_mode} bundle")
+        return self.manifest.cells
+
+    def blast_probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """N preprocessed cell crops -> N probabilities of the positive class, one invoke."""
+        out = self.classifier.predict_batch(batch)
+        if out.shape[1] == 1:
+            p = out[:, 0]
+        else:
+            p = out[:, self.manifest.labels.index(self.manifest.positive_label)]
+        return np.clip(p, 0.0, 1.0).astype(np.float32)
+
+    def analyse_cells(self, rgb: np.ndarray, *, px_per_um: float | None = None) -> CellAnalysis:
+        """The cell analysis of an 8-bit RGB photo (cells mode; no quality gate)."""
+        return analyse_cells(
+            rgb,
+            self.cell_settings,
+            self.manifest.preprocess,
+            self.blast_probabilities,
+            px_per_um=px_per_um,
+        )
+
     def load_for_model(self, source: Path | bytes) -> np.ndarray:
-        """Decode an image file at the smallest scale preprocessing can use."""
+        """Decode an image file at the smallest scale the analysis can use.
+
+        Whole-field: no smaller than the preprocessing's first resize. Cells: full
+        resolution (crops of small nuclei need every pixel; see `pipeline.decode_size`).
+        """
+        if self.manifest.analysis_mode == "cells":
+            return load_image(source)
         return load_image(source, min_size=self.manifest.preprocess.resize)
 
 
@@ -357,7 +445,10 @@ def golden_check(bundle: Bundle, contents: dict[str, bytes]) -> float:
             rgb = bundle.load_for_model(contents[case.file])
         except ImageError as exc:
             raise BundleError(f"{bundle.root}: golden input {case.file}: {exc}") from None
-        got = bundle.predict(rgb).p_leukemia
+        if bundle.manifest.analysis_mode == "cells":
+            got = _golden_cell_score(bundle, case, rgb)
+        else:
+            got = bundle.predict(rgb).p_leukemia
         diff = abs(got - case.p_leukemia)
         worst = max(worst, diff)
         if diff > bundle.manifest.golden_tolerance:
@@ -366,6 +457,17 @@ def golden_check(bundle: Bundle, contents: dict[str, bytes]) -> float:
                 f"expected {case.p_leukemia:.4f} ± {bundle.manifest.golden_tolerance}"
             )
     return worst
+
+
+def _golden_cell_score(bundle: Bundle, case: GoldenCase, rgb: np.ndarray) -> float:
+    """The slide score of a golden smear, by the full cell analysis (scale measured)."""
+    result = bundle.analyse_cells(rgb)
+    if result.report is None or result.retake is not None:
+        raise BundleError(
+            f"{bundle.root}: golden mismatch on {case.file}: cell analysis asks for a retake "
+            f"({result.retake}), expected a slide score of {case.p_leukemia:.4f}"
+        )
+    return result.report.score
 
 
 def load_bundle(root: Path, *, num_threads: int = 1) -> Bundle:
@@ -386,6 +488,12 @@ def load_bundle(root: Path, *, num_threads: int = 1) -> Bundle:
         raise BundleError(
             f"{root}: model input shape {classifier.input_shape} does not match the manifest's "
             f"input {manifest.input_size[0]}x{manifest.input_size[1]}x3 (expected {want})"
+        )
+    if manifest.analysis_mode == "cells" and not classifier.dynamic_batch:
+        raise BundleError(
+            f"{root}: a cells bundle's model needs a dynamic batch (input shape signature "
+            f"[-1, {want[1]}, {want[2]}, 3]) to classify a field's crops in one call; "
+            "this one has a fixed batch of 1"
         )
     n_out = classifier.num_outputs
     if n_out not in (1, len(manifest.labels)):

@@ -13,16 +13,34 @@ by the host tools that train and evaluate it, so both compute the same thing:
 3. `slide_score()`: a logistic model over those numbers, its weights fitted on
    validation slides and stored in the bundle; the bundle's thresholds turn the score
    into a verdict.
+
+`analyse_cells()` runs all of it on one decoded photo (scale, detection, crops, one
+batched classification, decision) and returns a `CellAnalysis`: the `CellReport` that
+records, `classify --json` and the status page carry, or the reason to retake.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
-from leukoscope.cells import Detection, WhiteCell, crop_cells
+from leukoscope.cells import (
+    DEFAULT_PARAMS,
+    Detection,
+    DetectParams,
+    ScaleEstimate,
+    WhiteCell,
+    crop_cells,
+    detect_white_cells,
+    estimate_scale,
+)
+from leukoscope.errors import ImageError
 from leukoscope.preprocess import PreprocessParams, filter_paper
 
 #: Density is counted per this many square micrometres of field.
@@ -173,3 +191,205 @@ def slide_score(f: SlideFeatures, settings: CellSettings) -> float:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+class CellRetake(StrEnum):
+    """Why cell analysis could not judge a photo (a retake reason, like the gate's)."""
+
+    NO_SCALE = "no-scale"
+    NO_WHITE_CELLS = "no-white-cells"
+
+
+#: What the technician is told for each cell-analysis retake.
+RETAKE_MESSAGES = {
+    CellRetake.NO_SCALE: "cannot measure the red cells: retake, or calibrate px_per_um",
+    CellRetake.NO_WHITE_CELLS: "no white cells in this field: move to another field",
+}
+
+#: A cell's box is this many nucleus diameters across...
+BOX_NUCLEUS_DIAMETERS = 2.2
+#: ...but at least this fraction of the crop (a small nucleus still gets a visible box).
+BOX_MIN_CROP_FRACTION = 0.5
+
+
+def cell_box(
+    cell: WhiteCell, px_per_um: float, crop_um: float, image_size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """The overlay box of one cell: an integer square [x0, y0, x1, y1] around its nucleus.
+
+    Its side is `BOX_NUCLEUS_DIAMETERS` nucleus diameters, at least
+    `BOX_MIN_CROP_FRACTION` of the crop; it is clipped to the image (0 <= x0 < x1 <= width).
+    """
+    width, height = image_size
+    side = max(
+        BOX_NUCLEUS_DIAMETERS * 2.0 * cell.radius_px, BOX_MIN_CROP_FRACTION * crop_um * px_per_um
+    )
+    half = side / 2.0
+    cx, cy = cell.x + 0.5, cell.y + 0.5  # pixel centres -> continuous coordinates
+    x0 = min(max(0, math.floor(cx - half)), width - 1)
+    y0 = min(max(0, math.floor(cy - half)), height - 1)
+    x1 = max(min(width, math.ceil(cx + half)), x0 + 1)
+    y1 = max(min(height, math.ceil(cy + half)), y0 + 1)
+    return (x0, y0, x1, y1)
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One classified white cell, in the decoded photo's pixel coordinates."""
+
+    x: float
+    y: float
+    box: tuple[int, int, int, int]
+    p_blast: float
+    blast: bool
+    clump: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The cell as records and `classify --json` carry it."""
+        return {
+            "x": round(self.x, 1),
+            "y": round(self.y, 1),
+            "box": list(self.box),
+            "p_blast": round(self.p_blast, 4),
+            "blast": self.blast,
+            "clump": self.clump,
+        }
+
+
+@dataclass(frozen=True)
+class CellReport:
+    """What cell analysis found in one photo (the JSON object `cells` of a result)."""
+
+    px_per_um: float
+    scale_source: str  # "red-cells" or "given"
+    image_size: tuple[int, int]  # (width, height) of the photo the boxes refer to
+    n_found: int  # white cells detected
+    features: SlideFeatures  # of the cells classified (at most max_cells of them)
+    score: float  # the slide score (the photo's p_leukemia when it was judged)
+    cell_cut: float
+    cells: tuple[CellResult, ...]
+
+    @property
+    def n_classified(self) -> int:
+        """How many of the found cells were classified (the largest, up to max_cells)."""
+        return self.features.n_cells
+
+    def to_json(self) -> dict[str, Any]:
+        """The `cells` object of a result, as records, the API and `classify --json` carry it."""
+        f = self.features
+        return {
+            "px_per_um": round(self.px_per_um, 4),
+            "scale_source": self.scale_source,
+            "image_size": list(self.image_size),
+            "n_found": self.n_found,
+            "n_classified": f.n_cells,
+            "n_blasts": f.n_blasts,
+            "top_k_mean": round(f.top_k_mean, 4),
+            "density": round(f.density, 4),
+            "blast_fraction": round(f.blast_fraction, 4),
+            "score": round(self.score, 4),
+            "cell_cut": self.cell_cut,
+            "cells": [c.to_json() for c in self.cells],
+        }
+
+
+@dataclass(frozen=True)
+class CellAnalysis:
+    """The outcome of `analyse_cells()` for one photo."""
+
+    #: None only when no scale could be found (retake NO_SCALE): nothing was measured.
+    report: CellReport | None
+    #: Why the photo must be retaken, or None when its score may be judged.
+    retake: CellRetake | None
+    #: Per stage: "detect" (scale and detection), "crops", "inference", "decision".
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def message(self) -> str | None:
+        """The retake's sentence for a technician, or None."""
+        return None if self.retake is None else RETAKE_MESSAGES[self.retake]
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 2)
+
+
+def analyse_cells(
+    rgb: np.ndarray,
+    settings: CellSettings,
+    pre: PreprocessParams,
+    blast_probabilities: Callable[[np.ndarray], np.ndarray],
+    *,
+    px_per_um: float | None = None,
+    detect_params: DetectParams = DEFAULT_PARAMS,
+) -> CellAnalysis:
+    """The cell analysis of one decoded photo, stage by stage.
+
+    1. Scale: `px_per_um` when given (a calibrated microscope), else estimated from the
+       red cells; neither -> retake NO_SCALE (report None).
+    2. White cells detected; the `max_cells` largest selected.
+    3. Their crops (`cell_batch`), classified in one call of `blast_probabilities`
+       (N x h x w x 3 float32 -> N probabilities of "blast").
+    4. Slide features and score; fewer than `min_cells` found -> retake NO_WHITE_CELLS
+       (the report still says what was found).
+
+    Args:
+        rgb: HxWx3 uint8 RGB photo.
+        settings: the bundle's cell settings.
+        pre: the bundle's preprocessing (crops are cut at its input size).
+        blast_probabilities: the cell classifier.
+        px_per_um: the configured scale, or None to measure it.
+        detect_params: nucleus detection thresholds.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if px_per_um is not None:
+        scale = ScaleEstimate(float(px_per_um), 0, "given")
+    else:
+        try:
+            scale = estimate_scale(rgb)
+        except ImageError:
+            timings["detect"] = _ms(t0)
+            return CellAnalysis(None, CellRetake.NO_SCALE, timings)
+    detection = replace(
+        detect_white_cells(rgb, px_per_um=scale.px_per_um, params=detect_params), scale=scale
+    )
+    chosen = select_cells(detection.cells, settings.max_cells)
+    timings["detect"] = _ms(t0)
+    t0 = time.perf_counter()
+    batch = cell_batch(rgb, chosen, detection, settings, pre)
+    timings["crops"] = _ms(t0)
+    t0 = time.perf_counter()
+    p = np.asarray(blast_probabilities(batch), np.float64).reshape(-1)
+    if p.size != len(chosen):
+        raise ValueError(f"the classifier gave {p.size} probabilities for {len(chosen)} cells")
+    p = np.clip(p, 0.0, 1.0)
+    timings["inference"] = _ms(t0)
+    t0 = time.perf_counter()
+    size = (int(rgb.shape[1]), int(rgb.shape[0]))
+    features = slide_features(p, field_area_um2(rgb.shape, scale.px_per_um), settings)
+    score = slide_score(features, settings)
+    results = tuple(
+        CellResult(
+            x=c.x,
+            y=c.y,
+            box=cell_box(c, scale.px_per_um, settings.crop_um, size),
+            p_blast=float(pc),
+            blast=bool(pc >= settings.cell_cut),
+            clump=c.clump,
+        )
+        for c, pc in zip(chosen, p, strict=True)
+    )
+    report = CellReport(
+        px_per_um=scale.px_per_um,
+        scale_source=scale.source,
+        image_size=size,
+        n_found=len(detection.cells),
+        features=features,
+        score=score,
+        cell_cut=settings.cell_cut,
+        cells=results,
+    )
+    retake = CellRetake.NO_WHITE_CELLS if len(detection.cells) < settings.min_cells else None
+    timings["decision"] = _ms(t0)
+    return CellAnalysis(report, retake, timings)

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from leukoscope import __version__, appcli, modelcli, webcli
 from leukoscope.cliargs import positive_int, thread_count
@@ -31,6 +32,22 @@ def default_bundle() -> Path:
     return DEFAULT_BUNDLE_CANDIDATES[-1]
 
 
+#: A calibrated scale outside this range (pixels per micrometre) is a typing error.
+PX_PER_UM_RANGE = (0.1, 100.0)
+
+
+def px_per_um_arg(text: str) -> float:
+    """A microscope's calibrated scale in pixels per micrometre (argparse `type=`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    lo, hi = PX_PER_UM_RANGE
+    if not lo <= value <= hi:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is out of range: {lo}..{hi} pixels per um")
+    return value
+
+
 def _one_line(text: str) -> str:
     """`text` with control characters escaped: a newline in a file name must not start a line."""
     return "".join(repr(c)[1:-1] if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text)
@@ -44,6 +61,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.bundle, num_threads=args.threads)
     m = bundle.manifest
+    cells_mode = m.analysis_mode == "cells"
+    if args.px_per_um is not None and not cells_mode:
+        print(
+            f"error: --px-per-um applies to cells bundles only ({bundle.label} is "
+            f"{m.analysis_mode})",
+            file=sys.stderr,
+        )
+        return 2
     failures = 0
     paths = iter_image_paths(args.paths)
     if not paths:
@@ -53,7 +78,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             rgb = bundle.load_for_model(path)
-            pred = analyse(rgb, bundle, None, gate=not args.no_quality_gate)
+            pred = analyse(
+                rgb, bundle, None, gate=not args.no_quality_gate, px_per_um=args.px_per_um
+            )
         except LeukoscopeError as exc:
             failures += 1
             if args.json:
@@ -63,7 +90,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             continue
         ms = (time.perf_counter() - t0) * 1000
         if args.json:
-            row = {
+            row: dict[str, Any] = {
                 "file": str(path),
                 "verdict": pred.verdict.value,
                 "p_leukemia": None if pred.p_leukemia is None else round(pred.p_leukemia, 4),
@@ -73,6 +100,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 "model_sha256": m.model_sha256,
                 "ms": round(ms, 1),
             }
+            if cells_mode:
+                row["cells"] = None if pred.cells is None else pred.cells.to_json()
             print(json.dumps(row), flush=True)
         else:
             detail = (
@@ -80,6 +109,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 if pred.p_leukemia is None
                 else f"p_leukemia {pred.p_leukemia:.3f}"
             )
+            if pred.cells is not None:
+                c = pred.cells
+                part = "" if c.n_classified == c.n_found else f" ({c.n_classified} classified)"
+                detail += (
+                    f"; {c.n_found} white cells{part}, "
+                    f"{c.features.n_blasts} blast{'' if c.features.n_blasts == 1 else 's'}"
+                )
             print(
                 _one_line(
                     f"{path}: {pred.verdict.value} ({detail}) [{m.name} {m.version}, {ms:.0f} ms]"
@@ -129,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON Lines output")
     p.add_argument(
         "--no-quality-gate", action="store_true", help="classify even photos the gate refuses"
+    )
+    p.add_argument(
+        "--px-per-um",
+        type=px_per_um_arg,
+        default=None,
+        metavar="SCALE",
+        help="cells bundles: the photos' calibrated scale in pixels per micrometre "
+        "(default: measured from the red cells)",
     )
     p.set_defaults(func=cmd_classify)
 

@@ -48,3 +48,28 @@ def bundle_copy(session_bundle: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "bundle"
     shutil.copytree(session_bundle, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def session_cells_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid cells bundle: $LEUKOSCOPE_TEST_CELLS_BUNDLE, else a tiny one built here.
+
+    Without TensorFlow and without the variable (a bare numpy-1.24 run), tests that
+    need it skip; `make test` builds it with the main environment and passes it in.
+    """
+    given = os.environ.get("LEUKOSCOPE_TEST_CELLS_BUNDLE")
+    if given:
+        return Path(given)
+    if HAS_TF:
+        from tests.helpers import build_tiny_cells_bundle
+
+        return build_tiny_cells_bundle(tmp_path_factory.mktemp("cells-bundle") / "tiny-cells")
+    pytest.skip("no cells bundle: set LEUKOSCOPE_TEST_CELLS_BUNDLE (make test does)")
+
+
+@pytest.fixture
+def cells_bundle_copy(session_cells_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the session cells bundle that a test may tamper with."""
+    dst = tmp_path / "cells-bundle"
+    shutil.copytree(session_cells_bundle, dst)
+    return dst

@@ -82,9 +82,9 @@ def test_golden_mismatch_is_refused(bundle_copy: Path) -> None:
         load_bundle(bundle_copy)
 
 
-def test_cell_mode_is_reserved_but_not_loaded_yet(bundle_copy: Path) -> None:
+def test_a_whole_field_bundle_relabelled_cells_is_refused(bundle_copy: Path) -> None:
     _edit_manifest(bundle_copy, lambda d: d.update(analysis_mode="cells"))
-    with pytest.raises(BundleError, match="analysis_mode 'cells' is not supported"):
+    with pytest.raises(BundleError, match="cells: missing: a cells bundle needs its cells object"):
         load_bundle(bundle_copy)
 
 
