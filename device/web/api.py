@@ -12,6 +12,7 @@ from flask import Blueprint, Response, jsonify, request, send_file, stream_with_
 from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable, UnsupportedMediaType
 
 from leukoscope.web import ctx, login_required, params
+from leukoscope.web.overlay import cell_counts, reason_text
 from leukoscope.web.prometheus import render_metrics
 from leukoscope.web.source import CaptureRefusedError, ResultFilter
 
@@ -36,14 +37,30 @@ CSV_COLUMNS = (
     "image_deleted",
     "quality",
     "timings_ms",
+    "n_found",
+    "n_classified",
+    "n_blasts",
 )
+#: CSV columns taken from a record's cell counts (empty in whole-field mode).
+CELL_COLUMNS = ("n_found", "n_classified", "n_blasts")
 
 
-def public(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A record as the API shows it: with links to its page and image."""
+def public(record: dict[str, Any] | None, *, full: bool = True) -> dict[str, Any] | None:
+    """A record as the API shows it: links to its page and image, `cell_counts`, and
+    `retake_messages` (the retake reasons in the technician's words).
+
+    Args:
+        full: keep the per-cell result (`cells`, up to thousands of boxes); listings and
+            the status poll leave it out and carry only `cell_counts`.
+    """
     if record is None:
         return None
     out = dict(record)
+    out["cell_counts"] = cell_counts(out.get("cells"))
+    codes = out.get("retake_reasons")
+    out["retake_messages"] = [reason_text(c) for c in codes] if isinstance(codes, list) else []
+    if not full:
+        out.pop("cells", None)
     rid = out.get("id")
     if isinstance(rid, int):
         out["url"] = url_for("api.result", record_id=rid)
@@ -56,7 +73,7 @@ def public(record: dict[str, Any] | None) -> dict[str, Any] | None:
 def status_json() -> dict[str, Any]:
     """The daemon's state with the last result made public."""
     snap = dict(ctx().source.status())
-    snap["last_result"] = public(snap.get("last_result"))
+    snap["last_result"] = public(snap.get("last_result"), full=False)
     snap["time_unix"] = round(time.time(), 3)
     return snap
 
@@ -84,7 +101,7 @@ def results() -> Response:
     page = ctx().source.list_results(limit, before, flt)
     return jsonify(
         {
-            "items": [public(r) for r in page.items],
+            "items": [public(r, full=False) for r in page.items],
             "next_cursor": None if page.next_before is None else str(page.next_before),
         }
     )
@@ -100,7 +117,7 @@ def _record(raw: str) -> dict[str, Any]:
 
 @bp.get("/api/results/<record_id>")
 def result(record_id: str) -> Response:
-    """One record with every stored field."""
+    """One record with every stored field, the per-cell result (`cells`) included."""
     return jsonify(public(_record(record_id)))
 
 
@@ -197,7 +214,9 @@ def export_csv() -> Response:
         while True:
             page = source.list_results(params.MAX_LIMIT, before, flt)
             for rec in page.items:
-                writer.writerow([_csv_cell(rec.get(c)) for c in CSV_COLUMNS])
+                counts = cell_counts(rec.get("cells")) or {}
+                row = {**rec, **{c: counts.get(c) for c in CELL_COLUMNS}}
+                writer.writerow([_csv_cell(row.get(c)) for c in CSV_COLUMNS])
             yield buf.getvalue()
             buf.seek(0)
             buf.truncate()

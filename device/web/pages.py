@@ -19,6 +19,7 @@ from werkzeug.exceptions import BadRequest, TooManyRequests
 from leukoscope.web import ctx, error_response, login_required, params
 from leukoscope.web.api import public, status_json
 from leukoscope.web.auth import MAX_PASSWORD_CHARS, PasswordFileError, new_csrf_token
+from leukoscope.web.overlay import cell_view, reason_text
 from leukoscope.web.source import OUTCOMES, CaptureRefusedError
 
 bp = Blueprint("pages", __name__)
@@ -60,7 +61,7 @@ def history() -> tuple[str, int]:
     return _page(
         "history.html",
         active="history",
-        items=[public(r) for r in page.items],
+        items=[public(r, full=False) for r in page.items],
         flt=flt,
         outcomes=OUTCOMES,
         older=older,
@@ -72,12 +73,12 @@ def history() -> tuple[str, int]:
 
 @bp.get("/results/<record_id>")
 def result(record_id: str) -> tuple[str, int]:
-    """One result with its photo and every stored field."""
+    """One result with its photo (and white cells boxed, in cells mode) and every field."""
     rid = params.record_id(record_id)
     rec = ctx().source.get_result(rid)
     if rec is None:
         return _page("error.html", 404, status=404, message=f"no result with id {rid}")
-    return _page("result.html", active="history", r=public(rec))
+    return _page("result.html", active="history", r=public(rec), cv=cell_view(rec.get("cells")))
 
 
 @bp.get("/model")
@@ -177,6 +178,9 @@ def capture() -> ResponseReturnValue:
 def pct(value: float | None) -> str:
     """A probability as a percentage."""
     return "–" if value is None else f"{100.0 * float(value):.1f} %"
+
+
+bp.app_template_filter("reason")(reason_text)
 
 
 @bp.app_template_filter("mib")

@@ -42,8 +42,12 @@
     $("last-p").textContent = pct(r.p_leukemia);
     $("last-time").textContent = r.created_at || "";
     $("last-sample").textContent = r.sample_id || "–";
-    $("last-reasons").textContent = (r.retake_reasons && r.retake_reasons.length)
-      ? "Retake: " + r.retake_reasons.join(", ") : "";
+    const said = r.retake_messages || r.retake_reasons || [];
+    $("last-reasons").textContent = said.length ? "Retake: " + said.join("; ") : "";
+    const cc = r.cell_counts;
+    $("last-cells").hidden = !cc;
+    $("last-cells-found").textContent = cc && cc.n_found !== null ? String(cc.n_found) : "–";
+    $("last-cells-blasts").textContent = cc && cc.n_blasts !== null ? String(cc.n_blasts) : "–";
     $("last-error").textContent = r.error || "";
     const img = $("last-image");
     if (r.image_url) { img.src = r.image_url; img.hidden = false; } else { img.hidden = true; }
