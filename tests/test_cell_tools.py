@@ -1,0 +1,345 @@
+"""Host tools of cell mode: the cell training set, the slide model, the comparison report.
+
+The real-data tests build a small cell set from ../shared/data (a few photos per source)
+and skip cleanly without it; the rest run on synthetic stand-ins.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from leukoscope.cellmode import CellSettings, SlideFeatures, slide_score
+from leukoscope_tools.cell_compare import compare, render, spread, verdict
+from leukoscope_tools.cell_dataset import (
+    DEFAULT_SPLIT,
+    CellRow,
+    CellSet,
+    PhotoRow,
+    build,
+    kaggle_label,
+    label_idb1_cells,
+    load,
+    read_split_table,
+    save,
+)
+from leukoscope_tools.cell_eval import MATCH_UM, read_xyc
+from leukoscope_tools.cell_slide import (
+    balanced_weights,
+    design,
+    fit_logistic,
+    fit_slide_model,
+    scores,
+)
+from leukoscope_tools.cell_train import cell_weights, lower_magnification, select, symmetries
+
+# ---------------------------------------------------------------- labels
+
+
+def test_idb1_labels_match_blasts_and_leave_the_rest_unknown() -> None:
+    detected = np.array([[100.0, 100.0], [300.0, 300.0], [500.0, 120.0]])
+    blasts = np.array([[104.0, 98.0], [900.0, 900.0]])  # the second has no detection
+    y, missed = label_idb1_cells(detected, blasts, px_per_um=1.0, healthy=False)
+    assert y.tolist() == [1, -1, -1]
+    assert missed == [1]
+    # MATCH_UM is in micrometres: at 10 px/um the same 4.5 px offset is well inside,
+    # at 0.5 px/um a 6 um radius is 3 px and the blast is missed.
+    y_far, missed_far = label_idb1_cells(detected, blasts, px_per_um=0.5, healthy=False)
+    assert y_far.tolist() == [-1, -1, -1] and missed_far == [0, 1]
+
+
+def test_healthy_slide_cells_are_other_whatever_lies_near() -> None:
+    detected = np.array([[10.0, 10.0], [50.0, 50.0]])
+    y, missed = label_idb1_cells(detected, np.zeros((0, 2)), px_per_um=10.0, healthy=True)
+    assert y.tolist() == [0, 0] and missed == []
+
+
+@pytest.mark.parametrize(("cls", "want"), [("benign", 0), ("early", 1), ("pre", 1), ("pro", 1)])
+def test_kaggle_photo_class_is_the_cell_label(cls: str, want: int) -> None:
+    assert kaggle_label(cls) == want
+
+
+# ---------------------------------------------------------------- a fake cell set
+
+
+def _fake_set(n_photos: int = 24, seed: int = 0) -> CellSet:
+    """Photos over both sources and three splits; blasts on leukemia photos score high."""
+    rng = np.random.default_rng(seed)
+    photos, cells = [], []
+    first = 0
+    for i in range(n_photos):
+        source = "all-idb1" if i % 3 == 0 else "kaggle-all"
+        split = ("train", "val", "test")[(i // 2) % 3]
+        label = "leukemia" if i % 2 else "normal"
+        count = 0 if i == 5 else int(rng.integers(2, 6))  # photo 5: a retake
+        photos.append(
+            PhotoRow(
+                i,
+                f"{source}/p{i}.jpg",
+                source,
+                label,
+                "x",
+                f"g{i}",
+                split,
+                64,
+                64,
+                2.0,
+                "red-cells",
+                count,
+                count,
+                1000.0 * (1 + i % 2),
+                first,
+                count,
+            )
+        )
+        for k in range(count):
+            y = (
+                (1 if label == "leukemia" else 0)
+                if source == "kaggle-all"
+                else (1 if label == "leukemia" and k % 2 == 0 else (0 if label == "normal" else -1))
+            )
+            cells.append(CellRow(i, 10.0 * k, 5.0, 30.0, False, y, "fake", True))
+        first += count
+    crops = rng.integers(0, 255, (len(cells), 8, 8, 3), dtype=np.uint8)
+    return CellSet(crops, cells, photos, {"version": 1, "label_counts": {"a": 1}})
+
+
+def test_select_takes_labelled_crops_of_one_split_and_caps_kaggle_per_photo() -> None:
+    cs = _fake_set()
+    idx = select(cs, "train", ["all-idb1", "kaggle-all"], per_photo=1, seed=0)
+    assert len(idx) > 0
+    per_kaggle_photo: dict[int, int] = {}
+    for i in idx:
+        c = cs.cells[i]
+        p = cs.photos[c.photo]
+        assert p.split == "train" and c.y_cell >= 0
+        if p.source == "kaggle-all":
+            per_kaggle_photo[c.photo] = per_kaggle_photo.get(c.photo, 0) + 1
+    assert per_kaggle_photo and max(per_kaggle_photo.values()) == 1
+    only = select(cs, "train", ["all-idb1"], per_photo=1, seed=0)
+    assert {cs.photos[cs.cells[i].photo].source for i in only} == {"all-idb1"}
+    # all-idb1 is never capped: every labelled crop of its train photos is there.
+    want = [
+        i
+        for i, c in enumerate(cs.cells)
+        if c.y_cell >= 0
+        and cs.photos[c.photo].split == "train"
+        and cs.photos[c.photo].source == "all-idb1"
+    ]
+    assert sorted(only.tolist()) == want
+
+
+def test_cell_weights_balance_labels_within_each_source() -> None:
+    cs = _fake_set(60)
+    idx = select(cs, "train", ["all-idb1", "kaggle-all"], per_photo=0, seed=0)
+    w = cell_weights(cs, idx)
+    assert math.isclose(float(w.mean()), 1.0, rel_tol=1e-5)
+    totals: dict[tuple[str, int], float] = {}
+    sizes: dict[tuple[str, int], int] = {}
+    for wi, i in zip(w, idx, strict=True):
+        key = (cs.photos[cs.cells[i].photo].source, cs.cells[i].y_cell)
+        totals[key] = totals.get(key, 0.0) + float(wi)
+        sizes[key] = sizes.get(key, 0) + 1
+    # Total weight of a (source, label) cell grows as the square root of its size.
+    ratios = [totals[k] / math.sqrt(sizes[k]) for k in totals]
+    assert max(ratios) == pytest.approx(min(ratios), rel=1e-5)
+
+
+def test_symmetries_are_turns_and_flips_and_lowmag_blurs_only_a_share() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 255, (40, 16, 16, 3), dtype=np.uint8)
+    y = symmetries(x, np.random.default_rng(2))
+    for a, b in zip(x, y, strict=True):
+        views = [np.rot90(a, k) for k in range(4)]
+        views += [v[:, ::-1] for v in views]
+        assert any(np.array_equal(b, v) for v in views)
+    assert not all(np.array_equal(a, b) for a, b in zip(x, y, strict=True))
+    x = rng.integers(0, 255, (200, 32, 32, 3), dtype=np.uint8)
+    z = lower_magnification(x, np.random.default_rng(3), 0.25, 0.2, crop_um=40.0)
+    changed = np.mean([not np.array_equal(a, b) for a, b in zip(x, z, strict=True)])
+    assert 0.1 < changed < 0.4
+    assert np.array_equal(lower_magnification(x, np.random.default_rng(3), 0.0, 0.2), x)
+
+
+def test_cell_set_round_trips_through_its_cache(tmp_path: Path) -> None:
+    cs = _fake_set()
+    save(cs, tmp_path)
+    back = load(tmp_path, mmap=False)
+    assert back.cells == cs.cells and back.photos == cs.photos
+    assert np.array_equal(back.crops, cs.crops)
+
+
+# ---------------------------------------------------------------- slide model
+
+
+def test_logistic_fit_recovers_known_weights() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20_000, 3))
+    beta = np.array([-0.5, 2.0, -1.0, 0.7])
+    p = 1 / (1 + np.exp(-(beta[0] + x @ beta[1:])))
+    y = (rng.random(len(p)) < p).astype(int)
+    got = fit_logistic(x, y, l2=0.0)
+    assert np.allclose(got, beta, atol=0.1), got
+
+
+def test_slide_model_fit_recovers_weights_through_slide_score() -> None:
+    rng = np.random.default_rng(4)
+    truth = CellSettings(bias=-3.0, w_top_k=4.0, w_density=1.0, w_fraction=-1.5)
+    feats, labels = [], []
+    for _ in range(8000):
+        top, frac = float(rng.random()), float(rng.random())
+        f = SlideFeatures(5, 2, top, float(rng.uniform(0, 6)), frac)
+        feats.append(f)
+        labels.append(int(rng.random() < slide_score(f, truth)))
+    fitted = fit_slide_model(feats, labels, ["s"] * len(feats), CellSettings())
+    for name in ("w_top_k", "w_density", "w_fraction"):
+        assert getattr(fitted, name) == pytest.approx(getattr(truth, name), abs=0.35), name
+    # Balancing the labels moves only the bias, by the log of the label ratio.
+    n_pos = sum(labels)
+    shift = math.log((len(labels) - n_pos) / n_pos)
+    assert fitted.bias == pytest.approx(truth.bias + shift, abs=0.35)
+    # The fitted settings score through the device's own function.
+    s = scores(feats[:5], fitted)
+    assert s.tolist() == [slide_score(f, fitted) for f in feats[:5]]
+
+
+def test_slide_model_leaves_retakes_out_and_balances_sources() -> None:
+    w = balanced_weights(["a", "a", "a", "b", "a", "b"], [1, 1, 1, 1, 0, 0])
+    totals: dict[tuple[str, int], float] = {}
+    for wi, k in zip(w, [("a", 1), ("a", 1), ("a", 1), ("b", 1), ("a", 0), ("b", 0)], strict=True):
+        totals[k] = totals.get(k, 0.0) + wi
+    assert max(totals.values()) == pytest.approx(min(totals.values()))
+    good = [SlideFeatures(3, 1, v, 1.0, 0.3) for v in (0.1, 0.2, 0.8, 0.9)]
+    retake = SlideFeatures(0, 0, 0.0, 0.0, 0.0)
+    fitted = fit_slide_model([*good, retake], [0, 0, 1, 1, 1], ["s"] * 5, CellSettings())
+    assert fitted.w_top_k > 0
+    assert math.isnan(scores([retake], fitted)[0])
+    with pytest.raises(ValueError, match="both labels"):
+        fit_slide_model([*good[:2], retake], [0, 0, 1], ["s"] * 3, CellSettings())
+    assert design(good).shape == (4, 3)
+
+
+# ---------------------------------------------------------------- report
+
+
+def _fake_runs(tmp_path: Path, cs: CellSet) -> tuple[Path, Path]:
+    """Runs whose blast probability follows the photo's label, and a whole-field stand-in."""
+    runs = tmp_path / "runs"
+    rng = np.random.default_rng(0)
+    for seed, noise in ((0, 0.05), (1, 0.3)):
+        d = runs / f"both-s{seed}"
+        d.mkdir(parents=True)
+        y = np.array([cs.photos[c.photo].label == "leukemia" for c in cs.cells], float)
+        p = np.clip(0.2 + 0.6 * y + rng.normal(0, noise, len(y)), 0, 1)
+        np.save(d / "p_blast.npy", p)
+        run = {
+            "config": {"seed": seed, "train_sources": ["all-idb1", "kaggle-all"]},
+            "best_epoch": 2,
+            "best_val_crop_auc": 0.9 - noise,
+            "train_seconds": 1.0,
+            "crops": {"train all-idb1 blast": 3},
+        }
+        (d / "run.json").write_text(json.dumps(run))
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    manifest = {
+        "thresholds": {"low": 0.4, "high": 0.6},
+        "metrics": {"cut": 0.5, "test": {"overall": {"roc_auc": 0.5}}, "cross_source": {}},
+    }
+    (wf / "manifest.json").write_text(json.dumps(manifest))
+    # The whole-field model here is a coin toss: the photo's index parity.
+    cache = {ph.path: float(ph.photo % 4 == 0) for ph in cs.photos if ph.split == "test"}
+    (runs / "whole_field_test.json").write_text(json.dumps(cache))
+    return runs, wf
+
+
+def test_report_is_generated_from_the_results(tmp_path: Path) -> None:
+    cs = _fake_set(48)
+    runs, wf = _fake_runs(tmp_path, cs)
+    res = compare(tmp_path, cs, runs, wf)
+    assert res["best_seed"] == 0  # the higher validation crop AUC
+    seed0 = res["cells"][0]
+    # Probabilities follow the label with little noise: cell mode separates the test photos.
+    assert seed0["test"]["overall"]["roc_auc"] == pytest.approx(1.0)
+    retakes = sum(1 for ph in cs.photos if ph.split == "test" and ph.n_cells == 0)
+    assert seed0["test"]["overall"]["retakes"] == retakes
+    assert res["cells_seeds"]["overall"]["roc_auc"]["mean"] == pytest.approx(
+        np.mean([r["test"]["overall"]["roc_auc"] for r in res["cells"]]), abs=1e-4
+    )
+    text = render(res, "cmd")
+    assert "cells, seed 0 (shipped)" in text and "cells, seed 1 |" in text
+    auc_wf = res["whole_field"]["test_cells_decided"]["overall"]["roc_auc"]
+    assert f"{auc_wf:.3f}" in text
+    assert any("**cells** is higher" in line for line in verdict(res))
+    assert "count baseline (density only)" in text
+
+
+def test_spread_ignores_missing_values() -> None:
+    s = spread([0.5, None, 0.7, float("nan")])
+    assert s["mean"] == pytest.approx(0.6) and s["min"] == 0.5 and s["max"] == 0.7
+    assert spread([None])["mean"] is None
+
+
+# ---------------------------------------------------------------- real data
+
+
+@pytest.fixture(scope="module")
+def small_set(shared_data: Path) -> CellSet:
+    return build(shared_data, limit=12)
+
+
+def test_real_cell_set_keeps_the_whole_field_split(shared_data: Path, small_set: CellSet) -> None:
+    table = {r["path"]: r for r in read_split_table(DEFAULT_SPLIT)}
+    groups: dict[str, set[str]] = {}
+    for ph in small_set.photos:
+        want = table[ph.path]
+        assert (ph.split, ph.group) == (want["split"], want["group"])
+        assert ph.split in ("train", "val", "test")  # excluded photos stay out
+        groups.setdefault(ph.group, set()).add(ph.split)
+    assert all(len(s) == 1 for s in groups.values())
+    # Crops of each photo lie in its own rows.
+    for ph in small_set.photos:
+        assert {c.photo for c in small_set.cells[ph.first : ph.first + ph.count]} <= {ph.photo}
+    assert len(small_set.crops) == len(small_set.cells)
+    assert small_set.crops.shape[1:] == (128, 128, 3) and small_set.crops.dtype == np.uint8
+
+
+def test_real_cell_labels_follow_their_sources(shared_data: Path, small_set: CellSet) -> None:
+    by_photo: dict[int, list[CellRow]] = {}
+    for c in small_set.cells:
+        by_photo.setdefault(c.photo, []).append(c)
+    seen = set()
+    for ph in small_set.photos:
+        cells = by_photo.get(ph.photo, [])
+        if ph.source == "kaggle-all":
+            assert all(c.y_cell == kaggle_label(ph.cls) for c in cells)
+            seen.add("kaggle")
+        elif ph.label == "normal":
+            assert all(c.y_cell == 0 for c in cells)
+        else:
+            blasts = read_xyc(shared_data / "all-idb1" / "xyc" / f"{Path(ph.path).stem}.xyc")
+            for c in cells:
+                d = np.min(np.hypot(blasts[:, 0] - c.x, blasts[:, 1] - c.y))
+                if c.y_cell == 1:
+                    assert d <= MATCH_UM * ph.px_per_um + 1e-6
+                    seen.add("blast")
+                else:
+                    assert c.y_cell == -1
+    assert seen == {"kaggle", "blast"}
+
+
+def test_split_file_groups_never_cross_splits() -> None:
+    if not DEFAULT_SPLIT.is_file():
+        pytest.skip("no models/default/split.csv")
+    with DEFAULT_SPLIT.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    sides: dict[str, set[str]] = {}
+    for r in rows:
+        if r["split"] != "excluded":  # a byte-identical copy shares its original's group
+            sides.setdefault(r["group"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in sides.values())
