@@ -43,6 +43,9 @@ from leukoscope_tools.metrics import binary_metrics, choose_band
 logger = logging.getLogger(__name__)
 
 SOURCES = ("all-idb1", "kaggle-all")
+#: ALL-IDB1's two cameras (all 1712x1368 photos are leukemia, the healthy ones 2592x1944).
+CAMERAS = ("all-idb1 1712x1368", "all-idb1 2592x1944")
+TEST_SCOPES = ("overall", *SOURCES, *CAMERAS)
 DEFAULT_WHOLE_FIELD = REPO / "models/default"
 #: The numbers each table shows, in order: (key in a metrics dict, column title).
 COLUMNS = (
@@ -62,6 +65,11 @@ def y_of(photos: Sequence[PhotoRow]) -> np.ndarray:
     return np.array([int(p.label == "leukemia") for p in photos], np.int64)
 
 
+def camera_of(photo: PhotoRow) -> str:
+    """`source WxH`: ALL-IDB1's cameras differ by image size (and by label: a confound)."""
+    return f"{photo.source} {photo.width}x{photo.height}"
+
+
 def evaluate(
     photos: Sequence[PhotoRow],
     score: np.ndarray,
@@ -73,8 +81,12 @@ def evaluate(
     out: dict[str, dict[str, Any]] = {}
     y = y_of(photos)
     src = np.array([p.source for p in photos])
+    camera = np.array([camera_of(p) for p in photos])
     for scope in scopes:
-        mine = np.ones(len(photos), bool) if scope == "overall" else src == scope
+        if scope == "overall":
+            mine = np.ones(len(photos), bool)
+        else:
+            mine = (src == scope) | (camera == scope)
         if not mine.any():
             continue
         retake = mine & np.isnan(score)
@@ -121,7 +133,7 @@ def cell_run(cs: CellSet, run_dir: Path, base: CellSettings | None = None) -> di
     }
     own_test = [ph for ph in cs.photos if ph.source in trained and ph.split == "test"]
     result["test"] = evaluate(
-        own_test, scores(photo_features(cs, p, own_test, base), settings), cut, band
+        own_test, scores(photo_features(cs, p, own_test, base), settings), cut, band, TEST_SCOPES
     )
     others = [
         ph
@@ -147,7 +159,7 @@ def count_baseline(
     sv = density_scores(photo_features(cs, zeros, val, base), base)
     cut, band = fit_band(val, sv)
     st = density_scores(photo_features(cs, zeros, test, base), base)
-    scopes = ("overall", *SOURCES) if len(train_sources) > 1 else ("overall",)
+    scopes = TEST_SCOPES if len(train_sources) > 1 else ("overall",)
     return {
         "cut": round(cut, 6),
         "thresholds": {"low": band.low, "high": band.high},
@@ -185,7 +197,7 @@ def whole_field(
     out: dict[str, Any] = {
         "cut": cut,
         "thresholds": {"low": band.low, "high": band.high},
-        "test": evaluate(test, p, cut, band),
+        "test": evaluate(test, p, cut, band, TEST_SCOPES),
         "recorded_test_auc": manifest["metrics"]["test"]["overall"]["roc_auc"],
         "cross_recorded": {
             k: {
@@ -198,7 +210,7 @@ def whole_field(
     if decided_by is not None:
         # The same photos cell mode decides (its retakes left out), for a like-for-like AUC.
         q = np.where(decided_by, p, np.nan)
-        out["test_cells_decided"] = evaluate(test, q, cut, band)
+        out["test_cells_decided"] = evaluate(test, q, cut, band, TEST_SCOPES)
     return out
 
 
@@ -218,7 +230,7 @@ def spread(values: Sequence[float | None]) -> dict[str, float | None]:
 def seed_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Mean and spread over seeds of each scope's headline numbers."""
     out: dict[str, Any] = {}
-    for scope in ("overall", *SOURCES):
+    for scope in TEST_SCOPES:
         keys: dict[str, Any] = {}
         for key in ("roc_auc", "sensitivity", "specificity"):
             keys[key] = spread([r["test"].get(scope, {}).get(key) for r in runs])
@@ -442,7 +454,7 @@ def render(res: dict[str, Any], command: str) -> str:
         f" (its manifest records {fmt(wf['recorded_test_auc'])}).",
         "",
     ]
-    for scope in ("overall", *SOURCES):
+    for scope in TEST_SCOPES:
         lines += [f"### {scope}", "", main_table(res, scope), ""]
     lines += [
         "## Cell mode over seeds 0, 1, 2 (test photos)",

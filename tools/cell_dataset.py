@@ -409,9 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("data", type=Path)
     ap.add_argument("--out", type=Path, default=Path("build/cells"))
     ap.add_argument("--limit", type=int, default=0, help="photos per source (a quick look)")
+    ap.add_argument(
+        "--split", type=Path, default=DEFAULT_SPLIT, help="the whole-field bundle's split.csv"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cs = build(args.data, limit=args.limit)
+    cs = build(args.data, split_path=args.split, limit=args.limit)
     save(cs, args.out)
     print(json.dumps(cs.summary, indent=1))
     return 0

@@ -6,7 +6,8 @@ label; at most `kaggle_per_photo` of them are drawn per photo (seeded) so one so
 does not swamp the other and an epoch stays affordable on a 2-core CPU. Each epoch draws
 `epoch_size` crops, turns and flips each (the 8 symmetries of a square: a cell has no up
 or left), optionally blurs some to a lower magnification, and keeps the weights of the
-epoch with the best validation crop AUC (labelled crops of VAL photos).
+epoch with the best validation crop AUC (labelled crops of VAL photos; the mean of the
+per-source AUCs, so kaggle-all's noisy labels do not decide alone).
 
     python -m leukoscope_tools.cell_train build/cells --seed 0 --out build/cells/runs/both-s0
 """
@@ -150,6 +151,7 @@ def fit(cs: CellSet, cfg: CellTrainConfig, *, log_every: bool = True) -> CellRun
         raise ValueError("training and validation need both blast and other crops")
     w_tr = cell_weights(cs, tr)
     x_va = np.asarray(cs.crops[va])
+    src_va = np.array([cs.photos[cs.cells[i].photo].source for i in va])
     counts = {
         f"{split} {src} {'blast' if y == 1 else 'other'}": n
         for split, ix in (("train", tr), ("val", va))
@@ -181,9 +183,15 @@ def fit(cs: CellSet, cfg: CellTrainConfig, *, log_every: bool = True) -> CellRun
             verbose=0,
             shuffle=True,
         )
-        auc = roc_auc(y_va, predict(model, x_va))
+        pv = predict(model, x_va)
+        per_source = {s: roc_auc(y_va[src_va == s], pv[src_va == s]) for s in sorted(set(src_va))}
+        found = [a for a in per_source.values() if a is not None]
+        # Each source counts the same: pooled, kaggle-all's noisy photo labels would decide.
+        auc = float(np.mean(found)) if found else None
         history["loss"].append(float(h.history["loss"][-1]))
         history["val_auc"].append(float("nan") if auc is None else auc)
+        for s, a in per_source.items():
+            history.setdefault(f"val_auc {s}", []).append(float("nan") if a is None else a)
         history["seconds"].append(round(time.perf_counter() - te, 1))
         if log_every:
             logger.info(

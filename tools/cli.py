@@ -1,4 +1,4 @@
-"""The `leukoscope-tools` command: dataset, train, quantize, bundle, evaluate, compare."""
+"""The `leukoscope-tools` command: dataset, train, quantize, bundle, evaluate, compare, cells."""
 
 from __future__ import annotations
 
@@ -182,6 +182,23 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+#: `leukoscope-tools cells STEP ...`: the cell-mode steps, each a module's own command line.
+CELL_STEPS = {
+    "dataset": "leukoscope_tools.cell_dataset",
+    "train": "leukoscope_tools.cell_train",
+    "compare": "leukoscope_tools.cell_compare",
+    "ship": "leukoscope_tools.cell_ship",
+}
+
+
+def cmd_cells(args: argparse.Namespace) -> int:
+    """Run one cell-mode step with its own arguments."""
+    import importlib
+
+    module = importlib.import_module(CELL_STEPS[args.step])
+    return int(module.main(list(args.args)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="leukoscope-tools", description=__doc__)
@@ -284,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the Pi runs `leukoscope` (default: as user leukoscope through sudo -n)",
     )  # fmt: skip
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser(
+        "cells",
+        help="cell mode: dataset, train, compare, ship (STEP --help for each)",
+        description="Cell mode, step by step: `dataset` caches every photo's cell crops, "
+        "`train` trains one cell classifier, `compare` writes the comparison report, "
+        "`ship` exports the best seed and writes the cells bundle (see tools/reproduce.sh).",
+    )
+    p.add_argument("step", choices=sorted(CELL_STEPS))
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the step's own arguments")
+    p.set_defaults(func=cmd_cells)
     return parser
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the shipped bundle (models/default) from the public data, on a CPU.
+# Reproduce the shipped bundles (models/default, then models/cells) from the public data, on a CPU.
 #   tools/reproduce.sh [DATA_ROOT] [OUT_BUNDLE]
 # Measured: 23 min wall on the shared 2-core machine, giving a byte-identical model.tflite
 # (training is seeded and deterministic on CPU). SEED 0 is the shipped run's seed.
@@ -23,4 +23,21 @@ start=$(date +%s)
 "$TOOLS" bundle "$RUNS/shipped" --data "$DATA" --table "$TABLE" \
     --cross "$RUNS/cross-kaggle-all" "$RUNS/cross-all-idb1" --out "$OUT"
 "$TOOLS" evaluate "$OUT" "$DATA"
+# Cell mode (issue 8) on the same split: crops of every detected white cell, three seeds,
+# two cross-source runs, the comparison report, then the cells bundle. CELLS=0 skips it.
+if [ "${CELLS:-1}" = 1 ]; then
+    CELLS_OUT=${CELLS_OUT:-models/cells}
+    CACHE=${CELL_CACHE:-build/cells}
+    "$TOOLS" cells dataset "$DATA" --split "$OUT/split.csv" --out "$CACHE"
+    for s in 0 1 2; do
+        "$TOOLS" cells train "$CACHE" --seed "$s" --out "$CACHE/runs/both-s$s"
+    done
+    "$TOOLS" cells train "$CACHE" --seed 0 --sources all-idb1 --epoch-size 0 \
+        --cross-splits test --out "$CACHE/runs/idb1-s0"
+    "$TOOLS" cells train "$CACHE" --seed 0 --sources kaggle-all --out "$CACHE/runs/kaggle-s0"
+    "$TOOLS" cells compare "$DATA" "$CACHE" --runs "$CACHE/runs" --whole-field "$OUT" \
+        --out "$CELLS_OUT/COMPARE.md"
+    "$TOOLS" cells ship "$DATA" "$CACHE" --runs "$CACHE/runs" \
+        --compare "$CELLS_OUT/COMPARE.md" --out "$CELLS_OUT"
+fi
 echo "reproduced $OUT in $(( ($(date +%s) - start) / 60 )) min"
