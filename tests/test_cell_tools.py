@@ -343,3 +343,30 @@ def test_split_file_groups_never_cross_splits() -> None:
         if r["split"] != "excluded":  # a byte-identical copy shares its original's group
             sides.setdefault(r["group"], set()).add(r["split"])
     assert all(len(s) == 1 for s in sides.values())
+
+
+def test_model_card_quotes_the_comparison_and_the_parity(tmp_path: Path) -> None:
+    from leukoscope_tools.cell_ship import render_card
+
+    cs = _fake_set(48)
+    runs, wf = _fake_runs(tmp_path, cs)
+    res = compare(tmp_path, cs, runs, wf)
+    best = res["cells"][0]
+    par = {
+        "photos": 9,
+        "retake_agreement": 1.0,
+        "scored": 8,
+        "verdict_agreement": 0.875,
+        "score_abs_diff_max": 0.0123,
+        "score_abs_diff_mean": 0.004,
+        "analysis_ms_median": 12.5,
+    }
+    card = render_card(res, best, par)
+    compare_md = render(res, "cmd")
+    # The card's test table is the report's, row for row.
+    overall = compare_md.split("### overall\n\n")[1].split("\n\n")[0]
+    assert overall in card
+    assert "verdict agreement 0.875" in card and "max 0.0123" in card
+    s = best["settings"]
+    assert f"sigmoid({s['bias']:.3f} + {s['w_top_k']:.3f} * top_3_mean" in card
+    assert "int8 on the device path" not in render_card(res, best, None)
