@@ -148,7 +148,14 @@ def cmd_bench_cells(args: argparse.Namespace) -> int:
     """Print stage timings of cell analysis for a 5-megapixel still."""
     from leukoscope import bench_cells
 
-    return bench_cells.print_bench(args.image, args.stand_in, args.threads, args.runs)
+    return bench_cells.print_bench(
+        args.image,
+        args.bundle,
+        args.threads,
+        args.runs,
+        report=args.report,
+        px_per_um=args.px_per_um,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,13 +193,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, default=None, help="write a Markdown report here")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("bench-cells", help="time white-cell detection and crops (prints figures)")
-    p.add_argument("--image", type=Path, default=None, help="a photo (default: synthetic 5 MP)")
-    p.add_argument(
-        "--bundle", dest="stand_in", type=Path, default=None, help="also time it on every crop"
+    p = sub.add_parser(
+        "bench-cells",
+        help="time the cell analysis of a 5 MP still, stage by stage (prints figures)",
     )
+    p.add_argument("--image", type=Path, default=None, help="a photo (default: synthetic 5 MP)")
+    p.add_argument("--bundle", type=Path, default=None, help="a cells bundle folder")
     p.add_argument("--threads", type=thread_count, default=1, help="interpreter threads")
-    p.add_argument("--runs", type=positive_int, default=15, help="runs per stage (median taken)")
+    p.add_argument("--runs", type=positive_int, default=15, help="runs (median taken)")
+    p.add_argument(
+        "--px-per-um",
+        type=px_per_um_arg,
+        default=None,
+        metavar="SCALE",
+        help="a calibrated scale (default: measured from the red cells)",
+    )
+    p.add_argument("--report", type=Path, default=None, help="write a Markdown report here")
     p.set_defaults(func=cmd_bench_cells)
 
     p = sub.add_parser("demo-images", help="write synthetic smear fields")
