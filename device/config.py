@@ -28,6 +28,8 @@ CAMERA_BACKENDS = ("picamera2", "opencv", "replay")
 PIN_FACTORIES = ("lgpio", "rpigpio", "native", "mock")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 WEB_READ_ACCESS = ("open", "password")
+#: A calibrated scale (pixels per micrometre) must lie in this range (as `classify --px-per-um`).
+PX_PER_UM_RANGE = (0.1, 100.0)
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,20 @@ class Picamera2Config:
 
 @dataclass(frozen=True)
 class CameraConfig:
-    """Which camera backend, and its settings."""
+    """Which camera backend, and its settings.
+
+    `px_per_um` is the calibrated scale of this microscope and camera: pixels per
+    micrometre in the camera's full-resolution stills (measured once with a stage
+    micrometer). A `cells` bundle then uses it instead of measuring the red cells of every
+    photo, and a field whose red cells cannot be measured is no longer a retake. None:
+    measure every photo. Whole-field bundles ignore it.
+    """
 
     backend: str
     capture_timeout_s: float = 5.0
     retry_interval_s: float = 2.0
     preview_size: tuple[int, int] = (320, 240)
+    px_per_um: float | None = None
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     opencv: OpenCVConfig = field(default_factory=OpenCVConfig)
     picamera2: Picamera2Config = field(default_factory=Picamera2Config)
@@ -297,6 +307,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
             "replay",
             "opencv",
             "picamera2",
+            "px_per_um",
         },
     )
     backend = c.choice("backend", None, CAMERA_BACKENDS)
@@ -319,6 +330,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
         capture_timeout_s=c.num("capture_timeout_s", 5.0, 0.1, 120.0),
         retry_interval_s=c.num("retry_interval_s", 2.0, 0.05, 3600.0),
         preview_size=c.size("preview_size", (320, 240)) or (320, 240),
+        px_per_um=c.num("px_per_um", 0.0, *PX_PER_UM_RANGE) if c.has("px_per_um") else None,
         replay=replay,
         opencv=opencv,
         picamera2=picam,

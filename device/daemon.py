@@ -390,7 +390,14 @@ class Daemon:
             t0 = time.perf_counter()
             rgb = decode_still(still, decode_size(self.bundle))
             timings["decode"] = _ms(t0)
-            analysis = analyse(rgb, self.bundle, self.cfg.quality, gate=self.cfg.quality_enabled)
+            analysis = analyse(
+                rgb,
+                self.bundle,
+                self.cfg.quality,
+                gate=self.cfg.quality_enabled,
+                # cells mode decodes stills at full size, the size the scale is calibrated at
+                px_per_um=self.cfg.camera.px_per_um,
+            )
         except CameraError as exc:
             rec.error = f"camera: {exc}"
             self._fault("camera", str(exc))
@@ -404,8 +411,7 @@ class Daemon:
             rec.probabilities = analysis.probabilities
             rec.retake_reasons = analysis.retake_reasons
             rec.quality = None if analysis.quality is None else analysis.quality.metrics.to_json()
-            cells = getattr(analysis, "cells", None)  # the per-cell result of a `cells` bundle
-            rec.cells = None if cells is None else cells.to_json()
+            rec.cells = None if analysis.cells is None else analysis.cells.to_json()
             shown = IndicatorState.for_verdict(analysis.verdict)
         m = self.bundle.manifest
         rec.model_name, rec.model_version, rec.model_sha256 = m.name, m.version, m.model_sha256

@@ -52,6 +52,12 @@ def test_minimal_config_gets_documented_defaults() -> None:
         ({"daemon": {"log_level": "loud"}}, "daemon.log_level"),
         ({"camera": {"opencv": {"device": 1.5}}}, "camera.opencv.device"),
         ({"camera": {"replay": {"exposure": 3}}}, "camera.replay.exposure"),
+        ({"camera": {"px_per_um": "5.9"}}, "camera.px_per_um: must be a number in 0.1..100.0"),
+        ({"camera": {"px_per_um": 0}}, "camera.px_per_um: must be a number"),
+        ({"camera": {"px_per_um": float("nan")}}, "camera.px_per_um: must be a number"),
+        ({"camera": {"px_per_um": float("inf")}}, "camera.px_per_um: must be a number"),
+        ({"camera": {"px_per_um": True}}, "camera.px_per_um: must be a number"),
+        ({"camera": {"px_per_um": 500}}, "camera.px_per_um: must be a number"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(changes: dict, message: str) -> None:
@@ -59,6 +65,12 @@ def test_bad_values_are_refused_naming_the_key(changes: dict, message: str) -> N
         parse_config(with_(**changes), "cfg.toml")
     assert message in str(err.value)
     assert str(err.value).startswith("cfg.toml: ")
+
+
+def test_a_calibrated_scale_is_optional() -> None:
+    assert parse_config(with_()).camera.px_per_um is None  # measured from every photo
+    assert parse_config(with_(camera={"px_per_um": 5.87})).camera.px_per_um == 5.87
+    assert parse_config(with_(camera={"px_per_um": 6})).camera.px_per_um == 6.0
 
 
 def test_camera_backend_is_required_never_defaulted() -> None:
