@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+import cv2
 import numpy as np
 
 from leukoscope.cells import (
@@ -111,9 +112,19 @@ def select_cells(cells: list[WhiteCell], max_cells: int) -> list[WhiteCell]:
 def white_balance(
     crops: np.ndarray, background_rgb: tuple[float, float, float], level: float
 ) -> np.ndarray:
-    """Scale each channel so the glass colour becomes `level` grey (uint8 in, uint8 out)."""
+    """Scale each channel so the glass colour becomes `level` grey (uint8 in, uint8 out).
+
+    Each output is clip(p * gain + 0.5, 0, 255) truncated, in float32; it is computed
+    once per level and channel (a lookup table), not once per pixel.
+    """
     gain = np.float32(level) / np.maximum(np.asarray(background_rgb, np.float32), 1.0)
-    return np.clip(crops.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+    levels = np.arange(256, dtype=np.float32)[:, None]
+    lut = np.clip(levels * gain + 0.5, 0, 255).astype(np.uint8)  # 256 x 3
+    if crops.size == 0:
+        return crops.astype(np.uint8, copy=True)
+    flat = np.ascontiguousarray(crops, dtype=np.uint8).reshape(-1, 1, 3)
+    out: np.ndarray = cv2.LUT(flat, lut.reshape(1, 256, 3))
+    return out.reshape(crops.shape)
 
 
 def cell_crops(
