@@ -22,6 +22,7 @@ from leukoscope.cellmode import (
     field_area_um2,
     slide_features,
     slide_score,
+    white_balance,
 )
 from leukoscope.cells import WhiteCell, detect_white_cells
 from leukoscope.classifier import TFLiteClassifier
@@ -231,3 +232,17 @@ def test_boxes_are_squares_around_the_nucleus_clipped_to_the_image(
     cell: WhiteCell, want: tuple[int, int, int, int]
 ) -> None:
     assert cell_box(cell, 1.0, 24.0, (300, 200)) == want
+
+
+@pytest.mark.parametrize(
+    ("background", "level"), [((230.2, 215.7, 221.1), 235.0), ((0.3, 255.0, 100.0), 1.0)]
+)
+def test_white_balance_is_the_per_pixel_formula(
+    background: tuple[float, float, float], level: float
+) -> None:
+    crops = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    crops[0, 0, :, :] = np.arange(32)[:, None] * 8  # every channel sees dark and bright levels
+    gain = np.float32(level) / np.maximum(np.asarray(background, np.float32), 1.0)
+    want = np.clip(crops.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(white_balance(crops, background, level), want)
+    assert white_balance(crops[:0], background, level).shape == (0, 32, 32, 3)
