@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from leukoscope.synthetic import make_smear
-from leukoscope.web.overlay import RETAKE_REASONS
+from leukoscope.web.reasons import RETAKE_REASONS
 from tests.daemon_helpers import daemon_config, write_rgb
 from tests.test_cell_analysis import fake_bundle
 

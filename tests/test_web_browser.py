@@ -143,3 +143,71 @@ def test_status_page_fits_a_phone(browser, daemon):
             assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
     finally:
         context.close()
+
+
+@pytest.fixture(scope="module")
+def cells_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The status page over a fake appliance in cells mode; yields its base URL."""
+    from leukoscope.config import WebConfig
+    from leukoscope.web import create_app
+    from leukoscope.web.auth import write_password_file
+    from leukoscope.web.fake import FakeSource
+    from leukoscope.web.server import WebServer
+
+    work = tmp_path_factory.mktemp("browser-cells")
+    source = FakeSource(work / "images", cells_mode=True)
+    source.add_record("leukemia-suspected", p=0.9, cells=True)  # photo 1: two blasts
+    write_password_file(work / "pw", PASSWORD)
+    app = create_app(source, WebConfig(password_file=work / "pw"))
+    with WebServer(app, "127.0.0.1", 0, threads=2) as server:
+        server.start()
+        yield server.url.rstrip("/")
+
+
+# On the narrow phone the 320 px photo is shown smaller: the boxes must shrink with it.
+@pytest.mark.parametrize("viewport", [(1100, 900), (320, 640)])
+def test_the_cell_boxes_lie_over_the_photo_where_the_cells_are(browser, cells_page, viewport):
+    from leukoscope.web.fake import fake_cells
+
+    width, height = viewport
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(cells_page + "/results/1")
+        poll(lambda: page.evaluate("document.getElementById('detail-image').naturalWidth") > 0)
+        img = page.locator("#detail-image").bounding_box()
+        svg = page.locator("#cell-overlay").bounding_box()
+        assert img and svg and img["width"] > 100
+        for key in ("x", "y", "width", "height"):  # the overlay covers the photo exactly
+            assert abs(img[key] - svg[key]) < 1.0, (key, img, svg)
+        report = fake_cells(1)
+        scale = img["width"] / report["image_size"][0]
+        rects = page.locator("#cell-overlay rect")
+        assert rects.count() == len(report["cells"]) >= 2
+        colours = {}
+        if width < 400:
+            assert scale < 0.95, "the photo is not scaled down on the phone"
+        slack = 4.0  # the stroke (up to 3 px) lies half outside the box
+        for i, cell in enumerate(report["cells"]):
+            rect = rects.nth(i)
+            assert rect.is_visible()
+            box = rect.bounding_box()
+            x0, y0, x1, _ = cell["box"]
+            assert box is not None
+            assert abs(box["x"] - (img["x"] + x0 * scale)) < slack
+            assert abs(box["y"] - (img["y"] + y0 * scale)) < slack
+            assert abs(box["width"] - (x1 - x0) * scale) < slack
+            # painted above the photo: the topmost element at the box's centre is the box
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            top = page.evaluate(f"document.elementFromPoint({cx}, {cy}).tagName")
+            assert top.lower() == "rect", top
+            colours[cell["blast"]] = rect.evaluate("r => getComputedStyle(r).stroke")
+        assert colours[True] != colours[False] and "none" not in colours.values()
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"detail-cells-{width}.png"), full_page=True)
+    finally:
+        context.close()
+    assert not problems, problems

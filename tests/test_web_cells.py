@@ -16,7 +16,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from leukoscope.web.fake import FakeSource, fake_cells
-from leukoscope.web.overlay import RETAKE_REASONS, cell_view
+from leukoscope.web.overlay import cell_view
+from leukoscope.web.reasons import RETAKE_REASONS
 from tests.test_web_api import login, make_app, wait_until
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -242,15 +243,6 @@ def test_retake_reasons_are_said_in_words(client, source, code):
     assert words in status_page
     last = client.get("/api/status").get_json()["last_result"]
     assert last["retake_messages"] == [words] and last["retake_reasons"] == [code]
-
-
-def test_cell_retake_messages_are_the_analysis_own():
-    cellmode = pytest.importorskip("leukoscope.cellmode")
-    messages = getattr(cellmode, "RETAKE_MESSAGES", None)
-    if messages is None:
-        pytest.skip("cellmode.RETAKE_MESSAGES has not landed yet")
-    for code, words in messages.items():
-        assert RETAKE_REASONS[str(code)] == words
 
 
 # --- API, listings and the export -------------------------------------------------------------

@@ -12,8 +12,9 @@ from flask import Blueprint, Response, jsonify, request, send_file, stream_with_
 from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable, UnsupportedMediaType
 
 from leukoscope.web import ctx, login_required, params
-from leukoscope.web.overlay import cell_counts, reason_text
+from leukoscope.web.overlay import cell_counts
 from leukoscope.web.prometheus import render_metrics
+from leukoscope.web.reasons import reason_text
 from leukoscope.web.source import CaptureRefusedError, ResultFilter
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")

@@ -12,7 +12,9 @@ import argparse
 import contextlib
 import functools
 import io
+import signal
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -381,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m leukoscope.web.fake", description=main.__doc__)
     parser.add_argument("--port", type=int, default=8081)
-    parser.add_argument("--password", default="fake", help="the page's password (default: fake)")
+    parser.add_argument(
+        "--password", default="fake-password", help="the page's password (default: fake-password)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="leukoscope-fake-") as tmp:
         source = FakeSource(Path(tmp) / "images", cells_mode=True)
@@ -391,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         with WebServer(app, "127.0.0.1", args.port) as server:
             server.start()
             print(f"fake status page at {server.url} (password {args.password!r}); Ctrl-C stops")
+            # SIGTERM ends it like Ctrl-C: the server stops and the temporary folder goes
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
     return 0

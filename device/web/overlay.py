@@ -18,22 +18,6 @@ MAX_SIDE = 65_536
 #: At most this many boxes are drawn (a `cells` bundle classifies at most 4,096 cells).
 MAX_BOXES = 4096
 
-#: Retake reasons in the technician's words (quality gate and cell analysis).
-RETAKE_REASONS = {
-    "too-dark": "too dark: more light or a longer exposure",
-    "too-bright": "too bright: less light or a shorter exposure",
-    "empty-field": "empty field: move to a field with cells",
-    "no-stained-cells": "no stained cells: check the stain",
-    "out-of-focus": "out of focus: focus, then retake",
-    "no-white-cells": "no white cells in this field: move to another field",
-    "no-scale": "cannot measure the red cells: retake, or calibrate px_per_um",
-}
-
-
-def reason_text(code: Any) -> str:
-    """A retake reason in words (an unknown code as it is)."""
-    return RETAKE_REASONS.get(str(code), str(code))
-
 
 @dataclass(frozen=True)
 class Box:
@@ -82,7 +66,7 @@ class CellView:
     @property
     def font_px(self) -> float:
         """Label size in the photo's pixels: readable whatever its resolution."""
-        return round(max(8.0, (self.width or 0) / 60.0), 1)
+        return round(max(10.0, (self.width or 0) / 55.0), 1)
 
     @property
     def stroke_px(self) -> float:

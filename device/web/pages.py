@@ -19,7 +19,8 @@ from werkzeug.exceptions import BadRequest, TooManyRequests
 from leukoscope.web import ctx, error_response, login_required, params
 from leukoscope.web.api import public, status_json
 from leukoscope.web.auth import MAX_PASSWORD_CHARS, PasswordFileError, new_csrf_token
-from leukoscope.web.overlay import cell_view, reason_text
+from leukoscope.web.overlay import cell_view
+from leukoscope.web.reasons import reason_text
 from leukoscope.web.source import OUTCOMES, CaptureRefusedError
 
 bp = Blueprint("pages", __name__)
