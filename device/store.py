@@ -61,9 +61,10 @@ CREATE INDEX IF NOT EXISTS results_image ON results (image_deleted, created_unix
 TMP_DIR = ".tmp"
 #: More unreferenced (or missing) images than a few crashes can explain: touch nothing.
 MAX_CRASH_ORPHANS = 5
-#: The largest per-cell result kept with a record (4,096 cells fit several times over);
-#: a larger one keeps its counts and loses its per-cell list.
-MAX_CELLS_JSON_BYTES = 1 << 20
+#: The largest per-cell result kept with a record: 4,096 cells (a bundle's most) take
+#: about 400 kB, and a record must still fit one control-socket reply (1 MiB). A larger
+#: one keeps its counts and loses its per-cell list.
+MAX_CELLS_JSON_BYTES = 512 * 1024
 #: Columns holding JSON, decoded when a record is read.
 JSON_COLUMNS = ("probabilities", "retake_reasons", "quality", "timings_ms", "cells")
 

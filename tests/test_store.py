@@ -232,6 +232,24 @@ def test_an_oversized_cell_list_keeps_the_counts(
     assert got["n_found"] == 400 and got["n_blasts"] == 200 and got["score"] == 0.65
 
 
+def test_the_most_cells_a_bundle_classifies_are_kept_and_fit_a_control_reply(
+    store: Store,
+) -> None:
+    from leukoscope.cellmode import CellSettings
+    from leukoscope.control import MAX_REPLY_BYTES
+
+    most = 4096
+    with pytest.raises(ValueError):
+        CellSettings(max_cells=most + 1)  # a bundle classifies no more than this
+    report = cell_report(most)
+    for c in report["cells"]:  # the widest numbers a 5 MP photo gives
+        c.update(x=2591.5, y=1943.5, box=[2520, 1872, 2592, 1944], p_blast=0.1234)
+    rid = store.add(rec(cells=report), None)
+    row = store.get(rid) or {}
+    assert row["cells"] == report
+    assert len(json.dumps({"ok": True, "result": row})) < MAX_REPLY_BYTES
+
+
 def test_cells_that_are_not_an_object_are_dropped_but_the_record_is_kept(store: Store) -> None:
     rid = store.add(rec(cells=["not", "an", "object"]), None)
     other = store.add(rec(cells={"bad": object()}), None)
