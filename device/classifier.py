@@ -79,8 +79,12 @@ class TFLiteClassifier:
         if dtype.kind == "f" or scale == 0:
             return x.astype(dtype)
         info = np.iinfo(dtype)
-        q = np.round(x / scale + zero)
-        return np.clip(q, info.min, info.max).astype(dtype)
+        # In place: a batch of crops is megabytes, and temporaries cost as much as the maths.
+        q = x / scale
+        q += zero
+        np.round(q, out=q)
+        np.clip(q, info.min, info.max, out=q)
+        return q.astype(dtype)
 
     def _dequantize(self, q: np.ndarray) -> np.ndarray:
         scale, zero = self._out["quantization"]
