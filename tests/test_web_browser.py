@@ -146,8 +146,8 @@ def test_status_page_fits_a_phone(browser, daemon):
 
 
 @pytest.fixture(scope="module")
-def cells_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The status page over a fake appliance in cells mode; yields its base URL."""
+def cells_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The status page over a fake appliance in cells mode; yields (base URL, the fake)."""
     from leukoscope.config import WebConfig
     from leukoscope.web import create_app
     from leukoscope.web.auth import write_password_file
@@ -161,7 +161,7 @@ def cells_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     app = create_app(source, WebConfig(password_file=work / "pw"))
     with WebServer(app, "127.0.0.1", 0, threads=2) as server:
         server.start()
-        yield server.url.rstrip("/")
+        yield server.url.rstrip("/"), source
 
 
 # On the narrow phone the 320 px photo is shown smaller: the boxes must shrink with it.
@@ -175,7 +175,7 @@ def test_the_cell_boxes_lie_over_the_photo_where_the_cells_are(browser, cells_pa
     problems: list[str] = []
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     try:
-        page.goto(cells_page + "/results/1")
+        page.goto(cells_page[0] + "/results/1")
         poll(lambda: page.evaluate("document.getElementById('detail-image').naturalWidth") > 0)
         img = page.locator("#detail-image").bounding_box()
         svg = page.locator("#cell-overlay").bounding_box()
@@ -208,6 +208,44 @@ def test_the_cell_boxes_lie_over_the_photo_where_the_cells_are(browser, cells_pa
         assert page.evaluate("document.documentElement.scrollWidth") <= width
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"detail-cells-{width}.png"), full_page=True)
+    finally:
+        context.close()
+    assert not problems, problems
+
+
+def test_the_status_page_follows_cell_results_and_says_why_to_retake(browser, cells_page):
+    from playwright.sync_api import expect
+
+    from leukoscope.web.fake import fake_cells
+
+    base, source = cells_page
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        page.goto(base + "/")
+        expect(page.locator("#last-cells")).to_be_visible()
+        for _ in range(3):  # the fake's cycle: no leukemia, leukemia, a no-white-cells retake
+            seq = source.result_seq
+            source.request_capture(None)
+            poll(lambda seq=seq: source.result_seq > seq)
+            rid = max(source._records)
+            expect(page.locator("#last-link")).to_have_attribute(
+                "href", f"/results/{rid}", timeout=10_000
+            )
+            rec = source.get_result(rid)
+            assert rec is not None
+            found = str(rec["cells"]["n_found"])
+            if rec["outcome"] != "retake":
+                assert found == str(fake_cells(rid % 4)["n_found"])
+            expect(page.locator("#last-cells")).to_be_visible()
+            expect(page.locator("#last-cells-found")).to_have_text(found)
+        assert rec["outcome"] == "retake" and found == "0"
+        expect(page.locator("#last-reasons")).to_have_text(
+            "Retake: no white cells in this field: move to another field"
+        )
     finally:
         context.close()
     assert not problems, problems
