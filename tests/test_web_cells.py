@@ -202,6 +202,7 @@ def test_an_unusable_image_size_draws_nothing_but_keeps_the_counts(client, sourc
     page = detail(client, rec["id"])
     assert overlay(page) is None
     assert text_of(page, "cells-found") == "3"
+    assert "no usable photo size" in text_of(page, "cells-no-size")
 
 
 def test_nothing_from_a_record_can_inject_markup(client, source):
