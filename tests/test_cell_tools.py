@@ -73,7 +73,7 @@ def _fake_set(n_photos: int = 24, seed: int = 0) -> CellSet:
     photos, cells = [], []
     first = 0
     for i in range(n_photos):
-        source = "all-idb1" if i % 3 == 0 else "kaggle-all"
+        source = "all-idb1" if (i // 6) % 2 == 0 else "kaggle-all"
         split = ("train", "val", "test")[(i // 2) % 3]
         label = "leukemia" if i % 2 else "normal"
         count = 0 if i == 5 else int(rng.integers(2, 6))  # photo 5: a retake
@@ -370,3 +370,25 @@ def test_model_card_quotes_the_comparison_and_the_parity(tmp_path: Path) -> None
     s = best["settings"]
     assert f"sigmoid({s['bias']:.3f} + {s['w_top_k']:.3f} * top_3_mean" in card
     assert "int8 on the device path" not in render_card(res, best, None)
+
+
+def test_cell_cut_is_chosen_where_the_blast_fraction_separates() -> None:
+    from dataclasses import replace
+
+    from leukoscope_tools.cell_slide import choose_slide_model
+
+    cs = _fake_set(90, seed=3)
+    cs.photos = [replace(ph, area_um2=1000.0) for ph in cs.photos]  # density says nothing
+    rng = np.random.default_rng(5)
+    p = np.empty(len(cs.cells))
+    for i, c in enumerate(cs.cells):
+        leuk = cs.photos[c.photo].label == "leukemia"
+        # Every photo's most suspicious cells look alike (~0.68); normal photos also hold
+        # cells at ~0.56, which only a cut between them tells apart.
+        p[i] = 0.68 + rng.normal(0, 0.005) if leuk or i % 2 else 0.56 + rng.normal(0, 0.005)
+    val = [ph for ph in cs.photos if ph.split == "val"]
+    # k = 1: the top cell is ~0.68 on every photo, so only the blast fraction can tell.
+    settings, tried = choose_slide_model(cs, p, val, CellSettings(k=1))
+    assert 0.56 < settings.cell_cut < 0.68, tried
+    assert settings.w_fraction > 0
+    assert tried["0.5"] < tried[f"{settings.cell_cut:g}"]

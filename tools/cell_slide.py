@@ -4,7 +4,10 @@ Features come from `leukoscope.cellmode.slide_features` (the device's code) over
 blast probabilities of a photo's detected cells; the score is `cellmode.slide_score`.
 The logistic weights (bias, w_top_k, w_density, w_fraction) are fitted on VALIDATION
 photos only, each (source, label) given the same total weight so kaggle-all's
-thousand-odd photos do not swamp ALL-IDB1's fifteen. A photo with fewer than
+thousand-odd photos do not swamp ALL-IDB1's fifteen. The cell cut (which cells count as
+blasts for the blast fraction) is chosen on the same validation photos from `CELL_CUTS`
+and the deciles of their cells' probabilities: the one whose fitted slide score has the
+best mean per-source AUC. A photo with fewer than
 `min_cells` white cells is a retake on the device: it is left out of the fit and counted.
 """
 
@@ -19,6 +22,10 @@ import numpy as np
 
 from leukoscope.cellmode import CellSettings, SlideFeatures, slide_features, slide_score
 from leukoscope_tools.cell_dataset import CellSet, PhotoRow
+from leukoscope_tools.metrics import roc_auc
+
+#: The cell cuts tried on validation photos (a cell at p >= cut counts as a blast).
+CELL_CUTS = (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9)
 
 
 def photo_features(
@@ -124,3 +131,48 @@ def density_scores(features: Sequence[SlideFeatures], settings: CellSettings) ->
         ],
         np.float64,
     )
+
+
+def source_mean_auc(y: np.ndarray, score: np.ndarray, sources: Sequence[str]) -> float:
+    """Mean over sources (with both labels) of the ROC AUC; nan scores left out."""
+    src = np.asarray(sources)
+    ok = ~np.isnan(score)
+    aucs = [roc_auc(y[ok & (src == s)], score[ok & (src == s)]) for s in sorted(set(src))]
+    found = [a for a in aucs if a is not None]
+    return float(np.mean(found)) if found else float("nan")
+
+
+def choose_slide_model(
+    cs: CellSet,
+    p_blast: np.ndarray,
+    val: Sequence[PhotoRow],
+    base: CellSettings,
+    cuts: Sequence[float] | None = None,
+) -> tuple[CellSettings, dict[str, float]]:
+    """The cell cut and logistic weights, both from validation photos only.
+
+    Returns the settings and each tried cut's criterion (mean per-source AUC); ties go
+    to the cut nearest 0.5.
+    """
+    y = np.array([int(ph.label == "leukemia") for ph in val])
+    sources = [ph.source for ph in val]
+    if cuts is None:
+        # The fixed grid, plus the deciles of these cells' probabilities: a model whose
+        # probabilities crowd around one value gets cuts where they are.
+        p = np.concatenate([p_blast[ph.first : ph.first + ph.count] for ph in val])
+        deciles = np.round(np.quantile(p, np.linspace(0.1, 0.9, 9)), 3) if p.size else []
+        cuts = sorted({*CELL_CUTS, *(float(d) for d in deciles)})
+    best: tuple[float, float, CellSettings] | None = None
+    tried: dict[str, float] = {}
+    for cut in cuts:
+        trial = replace(base, cell_cut=float(cut))
+        fv = photo_features(cs, p_blast, val, trial)
+        fitted = fit_slide_model(fv, y.tolist(), sources, trial)
+        crit = source_mean_auc(y, scores(fv, fitted), sources)
+        tried[f"{cut:g}"] = round(crit, 4)
+        key = (crit if math.isfinite(crit) else -1.0, -abs(cut - 0.5))
+        if best is None or key > best[:2]:
+            best = (key[0], key[1], fitted)
+    if best is None:
+        raise ValueError("no cell cut to try")
+    return best[2], tried
