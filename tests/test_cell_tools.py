@@ -360,6 +360,7 @@ def test_model_card_quotes_the_comparison_and_the_parity(tmp_path: Path) -> None
         "score_abs_diff_max": 0.0123,
         "score_abs_diff_mean": 0.004,
         "analysis_ms_median": 12.5,
+        "int8_test_auc": {"overall": 0.6543, "all-idb1": 1.0, "kaggle-all": 0.61},
     }
     card = render_card(res, best, par)
     compare_md = render(res, "cmd")
@@ -367,6 +368,7 @@ def test_model_card_quotes_the_comparison_and_the_parity(tmp_path: Path) -> None
     overall = compare_md.split("### overall\n\n")[1].split("\n\n")[0]
     assert overall in card
     assert "verdict agreement 0.875" in card and "max 0.0123" in card
+    assert "overall 0.654, all-idb1 1.000, kaggle-all 0.610" in card
     s = best["settings"]
     assert f"sigmoid({s['bias']:.3f} + {s['w_top_k']:.3f} * top_3_mean" in card
     assert "int8 on the device path" not in render_card(res, best, None)

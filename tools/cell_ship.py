@@ -36,6 +36,7 @@ from leukoscope_tools.cell_compare import (
 from leukoscope_tools.cell_dataset import PRE, CellSet, PhotoRow, load
 from leukoscope_tools.cell_slide import photo_features, scores
 from leukoscope_tools.cell_train import select
+from leukoscope_tools.metrics import roc_auc
 
 logger = logging.getLogger(__name__)
 
@@ -66,19 +67,30 @@ def parity(
     th = bundle.manifest.thresholds
     diffs, agree, retake_agree, n = [], 0, 0, 0
     ms: list[float] = []
-    for ph, fs in zip(photos, float_score, strict=True):
+    device = np.full(len(photos), np.nan)
+    for i, (ph, fs) in enumerate(zip(photos, float_score, strict=True)):
         rgb = bundle.load_for_model(data / ph.path)
         a = bundle.analyse_cells(rgb, px_per_um=ph.px_per_um)
         device_retake = a.retake is not None
         retake_agree += int(device_retake == bool(np.isnan(fs)))
         n += 1
+        if a.report is not None and not device_retake:
+            device[i] = a.report.score
         if device_retake or np.isnan(fs) or a.report is None:
             continue
         ms.append(sum(a.timings_ms.values()))
         diffs.append(abs(a.report.score - float(fs)))
         agree += int(th.decide(a.report.score) == th.decide(float(fs)))
     d = np.asarray(diffs)
+    y = np.array([int(ph.label == "leukemia") for ph in photos])
+    src = np.array([ph.source for ph in photos])
+    ok = ~np.isnan(device)
+    auc = {
+        scope: roc_auc(y[ok & mine], device[ok & mine])
+        for scope, mine in (("overall", np.ones(len(y), bool)), *((s, src == s) for s in SOURCES))
+    }
     return {
+        "int8_test_auc": {k: None if v is None else round(v, 4) for k, v in auc.items()},
         "photos": n,
         "retake_agreement": round(retake_agree / n, 4) if n else None,
         "scored": len(diffs),
@@ -155,7 +167,9 @@ def render_card(res: dict[str, Any], best: dict[str, Any], par: dict[str, Any] |
             f"verdict agreement {fmt(par['verdict_agreement'])}, slide score difference "
             f"mean {fmt(par['score_abs_diff_mean'], 4)}, max {fmt(par['score_abs_diff_max'], 4)}; "
             f"median analysis time {fmt(par['analysis_ms_median'], 1)} ms per photo "
-            "(this machine, under load).",
+            "(this machine, under load). Test ROC AUC of the int8 bundle itself: "
+            + ", ".join(f"{k} {fmt(v)}" for k, v in par["int8_test_auc"].items())
+            + " (the tables above are the float model's).",
             "",
         ]
     lines += [
