@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from leukoscope.cellmode import CellSettings, SlideFeatures, slide_score
-from leukoscope_tools.cell_compare import compare, render, spread, verdict
+from leukoscope_tools.cell_compare import compare, paired_auc_diff, render, spread, verdict
 from leukoscope_tools.cell_dataset import (
     DEFAULT_SPLIT,
     CellRow,
@@ -394,3 +394,15 @@ def test_cell_cut_is_chosen_where_the_blast_fraction_separates() -> None:
     assert 0.56 < settings.cell_cut < 0.68, tried
     assert settings.w_fraction > 0
     assert tried["0.5"] < tried[f"{settings.cell_cut:g}"]
+
+
+def test_paired_auc_difference_and_its_interval() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    good = y + rng.normal(0, 0.3, len(y))
+    noise = rng.normal(0, 1, len(y))
+    d = paired_auc_diff(y, good, noise)
+    assert d["diff"] > 0.3 and d["ci"][0] > 0
+    same = paired_auc_diff(y, good, good)
+    assert same["diff"] == 0 and same["ci"] == [0.0, 0.0]
+    assert paired_auc_diff(np.ones(5, int), good[:5], noise[:5]) == {"diff": None, "ci": None}

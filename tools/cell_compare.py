@@ -44,7 +44,7 @@ from leukoscope_tools.cell_slide import (
     photo_features,
     scores,
 )
-from leukoscope_tools.metrics import binary_metrics, choose_band
+from leukoscope_tools.metrics import binary_metrics, choose_band, roc_auc
 
 logger = logging.getLogger(__name__)
 
@@ -138,13 +138,9 @@ def cell_run(cs: CellSet, run_dir: Path, base: CellSettings | None = None) -> di
         "validation": evaluate(val, sv, cut, band),
     }
     own_test = [ph for ph in cs.photos if ph.source in trained and ph.split == "test"]
-    result["test"] = evaluate(
-        own_test,
-        scores(photo_features(cs, p, own_test, settings), settings),
-        cut,
-        band,
-        TEST_SCOPES,
-    )
+    st = scores(photo_features(cs, p, own_test, settings), settings)
+    result["test"] = evaluate(own_test, st, cut, band, TEST_SCOPES)
+    result["_test_scores"] = st  # for paired comparisons; not written out
     others = [
         ph
         for ph in cs.photos
@@ -205,6 +201,7 @@ def whole_field(
     test = [ph for ph in cs.photos if ph.split == "test"]
     p = whole_field_scores(data, test, bundle_dir, cache)
     out: dict[str, Any] = {
+        "_test_scores": p,
         "cut": cut,
         "thresholds": {"low": band.low, "high": band.high},
         "test": evaluate(test, p, cut, band, TEST_SCOPES),
@@ -222,6 +219,28 @@ def whole_field(
         q = np.where(decided_by, p, np.nan)
         out["test_cells_decided"] = evaluate(test, q, cut, band, TEST_SCOPES)
     return out
+
+
+def paired_auc_diff(
+    y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """AUC(a) - AUC(b) on the same photos, with a 95% paired bootstrap interval."""
+    base_a, base_b = roc_auc(y, a), roc_auc(y, b)
+    if base_a is None or base_b is None:
+        return {"diff": None, "ci": None}
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        da, db = roc_auc(y[idx], a[idx]), roc_auc(y[idx], b[idx])
+        if da is not None and db is not None:
+            diffs.append(da - db)
+    ci = (
+        [round(float(np.percentile(diffs, 2.5)), 4), round(float(np.percentile(diffs, 97.5)), 4)]
+        if len(diffs) >= n_boot // 2
+        else None
+    )
+    return {"diff": round(base_a - base_b, 4), "ci": ci}
 
 
 def spread(values: Sequence[float | None]) -> dict[str, float | None]:
@@ -286,6 +305,20 @@ def compare(
     }
     best = max(main_runs, key=lambda r: r["best_val_crop_auc"] or -1)
     result["best_seed"] = best["seed"]
+    # Cells minus whole-field AUC on the same photos, paired bootstrap per seed.
+    y = y_of(test)
+    src = np.array([ph.source for ph in test])
+    pw = result["whole_field"].pop("_test_scores")
+    for r in main_runs:
+        pc = r.pop("_test_scores")
+        r["auc_minus_whole_field"] = {
+            scope: paired_auc_diff(
+                y[decided & ((src == scope) | (scope == "overall"))],
+                pc[decided & ((src == scope) | (scope == "overall"))],
+                pw[decided & ((src == scope) | (scope == "overall"))],
+            )
+            for scope in ("overall", *SOURCES)
+        }
     for name, trained, other in (
         ("idb1-s0", ["all-idb1"], "kaggle-all"),
         ("kaggle-s0", ["kaggle-all"], "all-idb1"),
@@ -293,6 +326,7 @@ def compare(
         if not (runs_dir / name / "run.json").is_file():
             continue
         r = cell_run(cs, runs_dir / name, base)
+        r.pop("_test_scores")
         tested = [ph for ph in cs.photos if ph.source == other and ph.split in r["cross"]["splits"]]
         result["cross"][f"{trained[0]} -> {other}"] = {
             "cells": r,
@@ -432,9 +466,25 @@ def verdict(res: dict[str, Any]) -> list[str]:
         if cells is None or w is None:
             continue
         better = "cells" if cells > w else "whole-field"
+        spread_ = res["cells_seeds"][scope]["roc_auc"]
+        diffs = [r["auc_minus_whole_field"][scope] for r in res["cells"]]
+        cis = [d["ci"] for d in diffs if d["ci"]]
+        clear = bool(cis) and (all(ci[0] > 0 for ci in cis) or all(ci[1] < 0 for ci in cis))
         out.append(
-            f"- {scope}: cells mean AUC {cells:.3f} vs whole-field {w:.3f} on the same photos "
-            f"(count baseline {fmt(c)}): **{better}** is higher."
+            f"- {scope}: cells mean AUC {cells:.3f} (seeds {spread_['min']:.3f}-"
+            f"{spread_['max']:.3f}) vs whole-field {w:.3f} on the same photos (count baseline "
+            f"{fmt(c)}): **{better}** is higher; paired bootstrap of cells minus whole-field "
+            "per seed: "
+            + ", ".join(
+                f"{d['diff']:+.3f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]"
+                for d in diffs
+                if d["diff"] is not None and d["ci"]
+            )
+            + (
+                " (every seed's interval excludes 0)."
+                if clear
+                else " (an interval includes 0: not a clear difference)."
+            )
         )
     return out
 
