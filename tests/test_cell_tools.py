@@ -36,7 +36,13 @@ from leukoscope_tools.cell_slide import (
     fit_slide_model,
     scores,
 )
-from leukoscope_tools.cell_train import cell_weights, lower_magnification, select, symmetries
+from leukoscope_tools.cell_train import (
+    SOURCES,
+    cell_weights,
+    lower_magnification,
+    select,
+    symmetries,
+)
 
 # ---------------------------------------------------------------- labels
 
@@ -231,14 +237,17 @@ def _fake_runs(tmp_path: Path, cs: CellSet) -> tuple[Path, Path]:
     """Runs whose blast probability follows the photo's label, and a whole-field stand-in."""
     runs = tmp_path / "runs"
     rng = np.random.default_rng(0)
-    for seed, noise in ((0, 0.05), (1, 0.3)):
-        d = runs / f"both-s{seed}"
+    for name, seed, noise in (("both-s0", 0, 0.05), ("both-s1", 1, 0.3), ("idb1-s0", 0, 0.1)):
+        d = runs / name
         d.mkdir(parents=True)
         y = np.array([cs.photos[c.photo].label == "leukemia" for c in cs.cells], float)
         p = np.clip(0.2 + 0.6 * y + rng.normal(0, noise, len(y)), 0, 1)
         np.save(d / "p_blast.npy", p)
         run = {
-            "config": {"seed": seed, "train_sources": ["all-idb1", "kaggle-all"]},
+            "config": {
+                "seed": seed,
+                "train_sources": ["all-idb1"] if name.startswith("idb1") else list(SOURCES),
+            },
             "best_epoch": 2,
             "best_val_crop_auc": 0.9 - noise,
             "train_seconds": 1.0,
@@ -277,6 +286,12 @@ def test_report_is_generated_from_the_results(tmp_path: Path) -> None:
     assert f"{auc_wf:.3f}" in text
     assert any("**cells** is higher" in line for line in verdict(res))
     assert "count baseline (density only)" in text
+    cross = res["cross"]["all-idb1 -> kaggle-all"]
+    kaggle = [ph for ph in cs.photos if ph.source == "kaggle-all"]
+    assert cross["cells"][0]["cross"]["overall"]["n"] + cross["cells"][0]["cross"]["overall"][
+        "retakes"
+    ] == len(kaggle)
+    assert "| all-idb1 -> kaggle-all | cells, seed 0 (test+train+val photos) |" in text
 
 
 def test_spread_ignores_missing_values() -> None:

@@ -231,7 +231,10 @@ def ship(data: Path, cells_dir: Path, runs: Path, compare_md: Path, out: Path) -
         "cells_seeds": res["cells_seeds"],
         "count_baseline_test": res["count_baseline"]["test"],
         "whole_field_test_same_photos": res["whole_field"].get("test_cells_decided"),
-        "cross_source": {k: v["cells"].get("cross") for k, v in res["cross"].items()},
+        "cross_source": {
+            k: {"seeds": v["seeds"], "runs": [r["cross"] for r in v["cells"]]}
+            for k, v in res["cross"].items()
+        },
     }
     extra = {"COMPARE.md": compare_md.read_bytes()}
     par: dict[str, Any] | None = None
