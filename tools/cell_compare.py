@@ -131,6 +131,8 @@ def cell_run(cs: CellSet, run_dir: Path, base: CellSettings | None = None) -> di
         "best_val_crop_auc": info["best_val_crop_auc"],
         "train_seconds": info["train_seconds"],
         "crops": info["crops"],
+        "config": info["config"],
+        "epochs_run": info.get("epochs_run"),
         "settings": asdict(settings),
         "cell_cut_search": tried,
         "cut": round(cut, 6),
@@ -455,15 +457,16 @@ def cross_table(res: dict[str, Any]) -> str:
 def weights_table(res: dict[str, Any]) -> str:
     """The fitted slide model and band per run."""
     lines = [
-        "| run | trained on | best epoch | val crop AUC | cell_cut | bias | w_top_k | w_density"
-        " | w_fraction | low | high |",
+        "| run | trained on | best / run epochs | val crop AUC | cell_cut | bias | w_top_k"
+        " | w_density | w_fraction | low | high |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     runs = list(res["cells"]) + [r for c in res["cross"].values() for r in c["cells"]]
     for r in runs:
         s = r["settings"]
         lines.append(
-            f"| {r['run']} | {'+'.join(r['trained_on'])} | {r['best_epoch']} | "
+            f"| {r['run']} | {'+'.join(r['trained_on'])} | {r['best_epoch']} / "
+            f"{r.get('epochs_run')} | "
             f"{fmt(r['best_val_crop_auc'])} | {s['cell_cut']:g} | {s['bias']:.2f} | "
             f"{s['w_top_k']:.2f} | "
             f"{s['w_density']:.2f} | {s['w_fraction']:.2f} | {r['thresholds']['low']:.3f} | "
@@ -504,6 +507,22 @@ def verdict(res: dict[str, Any]) -> list[str]:
             )
         )
     return out
+
+
+def _training_recipe(run: dict[str, Any]) -> str:
+    c = run.get("config", {})
+    if not c:
+        return ""
+    return (
+        f"Recipe (each seed): modified-Thanh at 128x128, Adam {c.get('learning_rate')}, batch "
+        f"{c.get('batch_size')}, {c.get('epoch_size')} training crops drawn per epoch, at most "
+        f"{c.get('max_epochs')} epochs with patience {c.get('patience')} on the validation crop "
+        "AUC (mean of the per-source AUCs; the best epoch's weights kept), per-source class "
+        "weights, the 8 flips/quarter turns of each crop"
+        + (f", lower-magnification blur on {c.get('lowmag'):.0%}" if c.get("lowmag") else "")
+        + f". kaggle-all: at most {c.get('kaggle_per_photo')} cells drawn per photo for training"
+        f" and validation (seeded; a CPU budget), every cell of a photo for its slide score."
+    )
 
 
 def render(res: dict[str, Any], command: str) -> str:
@@ -591,7 +610,16 @@ def render(res: dict[str, Any], command: str) -> str:
         "|---|---:|",
         *[f"| {k} | {v} |" for k, v in ds.get("label_counts", {}).items()],
         "",
-        "Training crops per run (kaggle-all capped per photo, see `crops` in compare.json):",
+        "- ALL-IDB1 blasts are cropped at the detection matched to the annotated centroid"
+        " (within 6 um), as the device crops them; centroids no detection matched, cropped"
+        " at the centroid itself: "
+        + str(sum(v for k, v in ds.get("label_counts", {}).items() if "xyc-centroid" in k))
+        + ". Detections on ALL-IDB1 leukemia slides that match no centroid (`unknown`) are"
+        " not training labels; they count in their photo's slide features.",
+        "",
+        _training_recipe(res["cells"][0]),
+        "",
+        "Training crops per run:",
         "",
         "| run | " + " | ".join(sorted(res["cells"][0]["crops"])) + " |",
         "|---|" + "---:|" * len(res["cells"][0]["crops"]),
