@@ -15,8 +15,10 @@ whole-field cross-source numbers recorded in models/default's manifest.
 
 Every number in the report comes from this code (`compare.json` holds them all).
 
-    python -m leukoscope_tools.cell_compare build/cells --runs build/cells/runs \
-        --out models/cells/COMPARE.md
+    python -m leukoscope_tools.cell_compare ../shared/data build/cells --runs build/cells/runs \
+        --out build/cells/report/COMPARE.md
+
+(`cell_ship` then puts COMPARE.md and compare.json into the bundle, models/cells.)
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ run through its cell analysis on every TEST photo; its slide scores and verdicts
 compared with the float model's, and that agreement goes into the model card.
 
     python -m leukoscope_tools.cell_ship ../shared/data build/cells --runs build/cells/runs \
-        --compare models/cells/COMPARE.md --out models/cells
+        --compare build/cells/report/COMPARE.md --out models/cells
+
+COMPARE.md and compare.json (from `cell_compare`) ship inside the bundle, hash-listed.
 """
 
 from __future__ import annotations
@@ -236,7 +238,10 @@ def ship(data: Path, cells_dir: Path, runs: Path, compare_md: Path, out: Path) -
             for k, v in res["cross"].items()
         },
     }
-    extra = {"COMPARE.md": compare_md.read_bytes()}
+    extra = {
+        "COMPARE.md": compare_md.read_bytes(),
+        "compare.json": (compare_md.parent / "compare.json").read_bytes(),
+    }
     par: dict[str, Any] | None = None
     for _ in range(2):
         # Written twice: the card quotes the int8 parity, measured on the written bundle.

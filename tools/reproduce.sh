@@ -36,8 +36,8 @@ if [ "${CELLS:-1}" = 1 ]; then
         --cross-splits test --out "$CACHE/runs/idb1-s0"
     "$TOOLS" cells train "$CACHE" --seed 0 --sources kaggle-all --out "$CACHE/runs/kaggle-s0"
     "$TOOLS" cells compare "$DATA" "$CACHE" --runs "$CACHE/runs" --whole-field "$OUT" \
-        --out "$CELLS_OUT/COMPARE.md"
+        --out "$CACHE/report/COMPARE.md"
     "$TOOLS" cells ship "$DATA" "$CACHE" --runs "$CACHE/runs" \
-        --compare "$CELLS_OUT/COMPARE.md" --out "$CELLS_OUT"
+        --compare "$CACHE/report/COMPARE.md" --out "$CELLS_OUT"
 fi
 echo "reproduced $OUT in $(( ($(date +%s) - start) / 60 )) min"
