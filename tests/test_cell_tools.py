@@ -421,3 +421,14 @@ def test_paired_auc_difference_and_its_interval() -> None:
     same = paired_auc_diff(y, good, good)
     assert same["diff"] == 0 and same["ci"] == [0.0, 0.0]
     assert paired_auc_diff(np.ones(5, int), good[:5], noise[:5]) == {"diff": None, "ci": None}
+
+
+def test_cells_cli_names_a_missing_data_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from leukoscope_tools.cli import main
+
+    rc = main(["cells", "dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "nope/all-idb1: no such folder" in err
+    assert not (tmp_path / "out").exists()

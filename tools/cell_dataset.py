@@ -196,6 +196,9 @@ def build(
 ) -> CellSet:
     """Detect, label and crop every photo of `sources` in the split (limit: photos per source)."""
     settings = CellSettings()
+    for source in sources:
+        if not (data / source).is_dir():
+            raise FileNotFoundError(f"{data / source}: no such folder (the data root?)")
     table = [r for r in read_split_table(split_path) if r["source"] in sources]
     excluded = Counter(r["source"] for r in table if r["split"] not in ("train", "val", "test"))
     table = [r for r in table if r["split"] in ("train", "val", "test")]
