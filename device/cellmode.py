@@ -44,6 +44,8 @@ from leukoscope.cells import (
 from leukoscope.errors import ImageError
 from leukoscope.preprocess import PreprocessParams, filter_paper
 
+#: Cells are cropped and classified this many at a time (one invoke each).
+INFERENCE_CHUNK = 64
 #: Density is counted per this many square micrometres of field.
 DENSITY_AREA_UM2 = 10_000.0
 
@@ -339,8 +341,8 @@ def analyse_cells(
     1. Scale: `px_per_um` when given (a calibrated microscope), else estimated from the
        red cells; neither -> retake NO_SCALE (report None).
     2. White cells detected; the `max_cells` largest selected.
-    3. Their crops (`cell_batch`), classified in one call of `blast_probabilities`
-       (N x h x w x 3 float32 -> N probabilities of "blast").
+    3. Their crops (`cell_batch`), classified by `blast_probabilities` (N x h x w x 3
+       float32 -> N probabilities of "blast"), in chunks of INFERENCE_CHUNK cells.
     4. Slide features and score; fewer than `min_cells` found -> retake NO_WHITE_CELLS
        (the report still says what was found).
 
@@ -367,15 +369,24 @@ def analyse_cells(
     )
     chosen = select_cells(detection.cells, settings.max_cells)
     timings["detect"] = _ms(t0)
-    t0 = time.perf_counter()
-    batch = cell_batch(rgb, chosen, detection, settings, pre)
-    timings["crops"] = _ms(t0)
-    t0 = time.perf_counter()
-    p = np.asarray(blast_probabilities(batch), np.float64).reshape(-1)
-    if p.size != len(chosen):
-        raise ValueError(f"the classifier gave {p.size} probabilities for {len(chosen)} cells")
-    p = np.clip(p, 0.0, 1.0)
-    timings["inference"] = _ms(t0)
+    crops_s = infer_s = 0.0
+    parts = [np.empty(0, np.float64)]
+    # In chunks, so a crowded field's inputs never take more than a chunk's memory
+    # (64 crops of 128x128 are 12 MB as float32); one invoke per chunk.
+    for start in range(0, len(chosen), INFERENCE_CHUNK):
+        part = chosen[start : start + INFERENCE_CHUNK]
+        t0 = time.perf_counter()
+        batch = cell_batch(rgb, part, detection, settings, pre)
+        t1 = time.perf_counter()
+        got = np.asarray(blast_probabilities(batch), np.float64).reshape(-1)
+        infer_s += time.perf_counter() - t1
+        crops_s += t1 - t0
+        if got.size != len(part):
+            raise ValueError(f"the classifier gave {got.size} probabilities for {len(part)} cells")
+        parts.append(got)
+    p = np.clip(np.concatenate(parts), 0.0, 1.0)
+    timings["crops"] = round(crops_s * 1000.0, 2)
+    timings["inference"] = round(infer_s * 1000.0, 2)
     t0 = time.perf_counter()
     size = (int(rgb.shape[1]), int(rgb.shape[0]))
     features = slide_features(p, field_area_um2(rgb.shape, scale.px_per_um), settings)

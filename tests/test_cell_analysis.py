@@ -14,6 +14,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
+from leukoscope import cellmode
 from leukoscope.bundle import Bundle, parse_manifest
 from leukoscope.cellmode import (
     CellSettings,
@@ -128,14 +129,25 @@ def test_one_cell_decides_the_slide_by_itself() -> None:
     assert set(result.timings_ms) >= {"quality", "detect", "crops", "inference", "decision"}
 
 
-def test_hundreds_of_cells_classify_the_largest_max_cells_in_one_call() -> None:
+def test_hundreds_of_cells_classify_the_largest_max_cells_in_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     settings = dataclasses.replace(SETTINGS, max_cells=200)
     bundle, clf = fake_bundle(settings)
     smear = make_smear(1600, 1200, n_wbc=240, n_blasts=60, px_per_um=2.5, seed=3, rbc_density=0.3)
     found = detect_white_cells(smear.image).cells
     assert len(found) > 250
     result = analyse(smear.image, bundle, None, gate=False)
-    assert clf.calls == [200]
+    # Memory stays bounded: never more than a chunk of crops at once.
+    chunk = cellmode.INFERENCE_CHUNK
+    assert clf.calls == [chunk] * (200 // chunk) + ([200 % chunk] if 200 % chunk else [])
+    # Chunking changes nothing but the memory: each cell keeps its own probability.
+    monkeypatch.setattr(cellmode, "INFERENCE_CHUNK", 1000)
+    whole, clf_whole = fake_bundle(settings)
+    at_once = analyse(smear.image, whole, None, gate=False)
+    assert clf_whole.calls == [200]
+    assert at_once.cells is not None and result.cells is not None
+    assert [c.p_blast for c in at_once.cells.cells] == [c.p_blast for c in result.cells.cells]
     report = result.cells
     assert report is not None
     assert report.n_found == len(found) and report.n_classified == 200
