@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from leukoscope.bundle import load_bundle
+from leukoscope.errors import BundleError
 from leukoscope.imageio import load_image
 from leukoscope.preprocess import filter_paper, preprocess, resize
 from leukoscope.synthetic import make_smear
@@ -76,6 +77,11 @@ def run_bench(bundle_dir: Path, runs: int = 20) -> dict[str, Any]:
     _reset_peak_rss()
     load_1min = os.getloadavg()[0]
     b1 = load_bundle(bundle_dir, num_threads=1)
+    if b1.manifest.analysis_mode != "whole-field":
+        raise BundleError(
+            f"{bundle_dir}: a {b1.manifest.analysis_mode!r} bundle; this bench times the "
+            f"whole-field pipeline: use `leukoscope bench-cells --bundle {bundle_dir}`"
+        )
     b2 = load_bundle(bundle_dir, num_threads=2)
     params = b1.manifest.preprocess
     reduced = load_image(jpeg, min_size=params.resize)
