@@ -247,6 +247,7 @@ def _fake_runs(tmp_path: Path, cs: CellSet) -> tuple[Path, Path]:
             "config": {
                 "seed": seed,
                 "train_sources": ["all-idb1"] if name.startswith("idb1") else list(SOURCES),
+                "cross_splits": ["test"],
             },
             "best_epoch": 2,
             "best_val_crop_auc": 0.9 - noise,
@@ -287,11 +288,15 @@ def test_report_is_generated_from_the_results(tmp_path: Path) -> None:
     assert any("**cells** is higher" in line for line in verdict(res))
     assert "count baseline (density only)" in text
     cross = res["cross"]["all-idb1 -> kaggle-all"]
-    kaggle = [ph for ph in cs.photos if ph.source == "kaggle-all"]
+    kaggle = [ph for ph in cs.photos if ph.source == "kaggle-all" and ph.split == "test"]
     assert cross["cells"][0]["cross"]["overall"]["n"] + cross["cells"][0]["cross"]["overall"][
         "retakes"
     ] == len(kaggle)
-    assert "| all-idb1 -> kaggle-all | cells, seed 0 (test+train+val photos) |" in text
+    assert "| all-idb1 -> kaggle-all | cells, seed 0 (test photos) |" in text
+    assert (
+        cross["count_baseline"]["test"]["overall"]["n"]
+        == cross["cells"][0]["cross"]["overall"]["n"]
+    )
 
 
 def test_spread_ignores_missing_values() -> None:

@@ -145,11 +145,9 @@ def cell_run(cs: CellSet, run_dir: Path, base: CellSettings | None = None) -> di
     st = scores(photo_features(cs, p, own_test, settings), settings)
     result["test"] = evaluate(own_test, st, cut, band, TEST_SCOPES)
     result["_test_scores"] = st  # for paired comparisons; not written out
-    others = [
-        ph
-        for ph in cs.photos
-        if ph.source not in trained and not np.isnan(p[ph.first : ph.first + ph.count]).any()
-    ]
+    # The other sources' photos of the splits the run scored (cell_train's cross_splits).
+    cross_splits = info["config"].get("cross_splits", ["train", "val", "test"])
+    others = [ph for ph in cs.photos if ph.source not in trained and ph.split in cross_splits]
     if others:
         fo = photo_features(cs, p, others, settings)
         result["cross"] = {
@@ -491,7 +489,8 @@ def verdict(res: dict[str, Any]) -> list[str]:
         spread_ = res["cells_seeds"][scope]["roc_auc"]
         diffs = [r["auc_minus_whole_field"][scope] for r in res["cells"]]
         cis = [d["ci"] for d in diffs if d["ci"]]
-        clear = bool(cis) and (all(ci[0] > 0 for ci in cis) or all(ci[1] < 0 for ci in cis))
+        above = sum(ci[0] > 0 for ci in cis)
+        below = sum(ci[1] < 0 for ci in cis)
         out.append(
             f"- {scope}: cells mean AUC {cells:.3f} (seeds {spread_['min']:.3f}-"
             f"{spread_['max']:.3f}) vs whole-field {w:.3f} on the same photos (count baseline "
@@ -502,11 +501,7 @@ def verdict(res: dict[str, Any]) -> list[str]:
                 for d in diffs
                 if d["diff"] is not None and d["ci"]
             )
-            + (
-                " (every seed's interval excludes 0)."
-                if clear
-                else " (an interval includes 0: not a clear difference)."
-            )
+            + f" ({above} of {len(cis)} seeds' intervals lie above 0, {below} below 0)."
         )
     return out
 
