@@ -178,8 +178,10 @@ def render_card(res: dict[str, Any], best: dict[str, Any], par: dict[str, Any] |
         "## Training data",
         "",
         "- ALL-IDB1 (blast centroids from its .xyc files; cells of healthy slides as `other`)",
-        "  and ALL-IDB2 (located on its ALL-IDB1 slides; all its crops fell on cells already",
-        '  labelled): R. Donida Labati, V. Piuri, F. Scotti, "ALL-IDB: the acute lymphoblastic',
+        "  and ALL-IDB2 (located on its ALL-IDB1 slides: "
+        + ", ".join(f"{k} {v}" for k, v in ds.get("all_idb2", {}).items())
+        + "; `agrees`: the cell already had that label, so ALL-IDB2 added no new one):",
+        '  R. Donida Labati, V. Piuri, F. Scotti, "ALL-IDB: the acute lymphoblastic',
         '  leukemia image database for image processing", IEEE ICIP 2011.',
         "- kaggle-all (Taleqani Hospital): M. Aria, M. Ghaderzadeh, D. Bashash et al., 2021;",
         "  Ghaderzadeh et al., Int. J. Intell. Syst. 2022. Cells labelled by their photo's",
@@ -191,7 +193,12 @@ def render_card(res: dict[str, Any], best: dict[str, Any], par: dict[str, Any] |
         "",
         "- ALL-IDB1 confounds camera with label, and its `other` cells all come from healthy",
         "  slides; its test set is 13 photos. The white-cell count alone scores high there.",
-        "- kaggle-all's cell labels are per photo, and its scale is mostly the calibrated one.",
+        "- kaggle-all's cell labels are per photo, and its scale is mostly the calibrated one;",
+        "  a kaggle-all cell also carries its photo's stain and acquisition (see COMPARE.md's",
+        "  notes and the cross-source rows).",
+        "- int8: a cell whose probability sits near `cell_cut` can flip between int8 and",
+        "  float, moving the blast fraction and so the slide score (see the largest",
+        "  difference above); verdicts agree on the share stated.",
         "- Not tested on a Raspberry Pi camera, other stains or other microscopes.",
         "",
     ]
