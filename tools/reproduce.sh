@@ -24,7 +24,8 @@ start=$(date +%s)
     --cross "$RUNS/cross-kaggle-all" "$RUNS/cross-all-idb1" --out "$OUT"
 "$TOOLS" evaluate "$OUT" "$DATA"
 # Cell mode (issue 8) on the same split: crops of every detected white cell, three seeds,
-# two cross-source runs, the comparison report, then the cells bundle. CELLS=0 skips it.
+# cross-source runs (three seeds each way), the comparison report, then the cells bundle.
+# About 75 min more on the shared 2-core machine. CELLS=0 skips it.
 if [ "${CELLS:-1}" = 1 ]; then
     CELLS_OUT=${CELLS_OUT:-models/cells}
     CACHE=${CELL_CACHE:-build/cells}
@@ -32,11 +33,15 @@ if [ "${CELLS:-1}" = 1 ]; then
     for s in 0 1 2; do
         "$TOOLS" cells train "$CACHE" --seed "$s" --out "$CACHE/runs/both-s$s"
     done
-    "$TOOLS" cells train "$CACHE" --seed 0 --sources all-idb1 --epoch-size 0 \
-        --cross-splits test --out "$CACHE/runs/idb1-s0"
-    "$TOOLS" cells train "$CACHE" --seed 0 --sources kaggle-all --out "$CACHE/runs/kaggle-s0"
+    for s in 0 1 2; do
+        "$TOOLS" cells train "$CACHE" --seed "$s" --sources all-idb1 --epoch-size 0 \
+            --cross-splits test --out "$CACHE/runs/idb1-s$s"
+        "$TOOLS" cells train "$CACHE" --seed "$s" --sources kaggle-all --out "$CACHE/runs/kaggle-s$s"
+    done
+    # Ablation (validation only): lower-magnification blur, against seed 1 without it.
+    "$TOOLS" cells train "$CACHE" --seed 1 --lowmag 0.3 --out "$CACHE/ablation/lowmag-s1"
     "$TOOLS" cells compare "$DATA" "$CACHE" --runs "$CACHE/runs" --whole-field "$OUT" \
-        --out "$CACHE/report/COMPARE.md"
+        --ablations "$CACHE/ablation" --out "$CACHE/report/COMPARE.md"
     "$TOOLS" cells ship "$DATA" "$CACHE" --runs "$CACHE/runs" \
         --compare "$CACHE/report/COMPARE.md" --out "$CELLS_OUT"
 fi
