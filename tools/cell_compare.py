@@ -544,7 +544,9 @@ def ablation_section(res: dict[str, Any]) -> list[str]:
         "",
         "A share of the training crops shrunk to the detail of a ~2.2 px/um camera (kaggle-all)",
         "and scaled back up, against the same seed without it. Judged on validation photos",
-        "only; the shipped recipe is the one without it unless it is better here.",
+        "only. The shipped recipe is without it: one seed per arm cannot tell a difference",
+        "this size from seed noise (compare the three seeds above), and adopting it would mean",
+        "rerunning every seed and cross-source run (not done: CPU time).",
         "",
         "| run | blur share | best / run epochs | val crop AUC (mean) | per source |"
         " val slide AUC all-idb1 | val slide AUC kaggle-all |",
