@@ -11,7 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("LEUKOSCOPE_SHARED_DATA", REPO.parent / "shared" / "data"))
+#: The shipped default bundle (cell mode) and the whole-field bundle it replaced as default.
 SHIPPED_BUNDLE = REPO / "models" / "default"
+WHOLE_FIELD_BUNDLE = REPO / "models" / "whole-field"
 
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 

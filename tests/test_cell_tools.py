@@ -365,7 +365,7 @@ def test_real_cell_labels_follow_their_sources(shared_data: Path, small_set: Cel
 
 def test_split_file_groups_never_cross_splits() -> None:
     if not DEFAULT_SPLIT.is_file():
-        pytest.skip("no models/default/split.csv")
+        pytest.skip("no models/whole-field/split.csv")
     with DEFAULT_SPLIT.open(newline="") as f:
         rows = list(csv.DictReader(f))
     sides: dict[str, set[str]] = {}
@@ -452,7 +452,7 @@ def test_cells_cli_names_a_missing_data_folder(
 def test_shipped_cells_report_is_its_numbers_rendered() -> None:
     import re
 
-    bundle_dir = Path(__file__).resolve().parent.parent / "models" / "cells"
+    bundle_dir = Path(__file__).resolve().parent.parent / "models" / "default"
     if not (bundle_dir / "compare.json").is_file():
         pytest.skip("no shipped cells bundle")
     res = json.loads((bundle_dir / "compare.json").read_text())

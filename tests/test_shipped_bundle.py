@@ -1,4 +1,7 @@
-"""The shipped default bundle: it loads, carries its card and split, and its numbers hold."""
+"""The shipped bundles: the default (cell mode) and the whole-field model it replaced.
+
+Each loads, carries its card, and its recorded numbers hold.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +12,45 @@ from pathlib import Path
 import pytest
 
 from leukoscope.bundle import load_bundle
-from tests.conftest import SHIPPED_BUNDLE
+from tests.conftest import SHIPPED_BUNDLE, WHOLE_FIELD_BUNDLE
 
 MAX_BUNDLE_BYTES = 10 * 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def manifest() -> dict:
-    path = SHIPPED_BUNDLE / "manifest.json"
+def _manifest(root: Path) -> dict:
+    path = root / "manifest.json"
     if not path.is_file():
-        pytest.fail(f"no shipped bundle at {SHIPPED_BUNDLE}")
+        pytest.fail(f"no shipped bundle at {root}")
     return json.loads(path.read_text())
 
 
-def test_shipped_bundle_loads_and_is_small(manifest: dict) -> None:
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    """The whole-field bundle's manifest."""
+    return _manifest(WHOLE_FIELD_BUNDLE)
+
+
+def _size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def test_the_default_is_the_cell_mode_bundle_and_it_loads() -> None:
+    # Issue 8: the better mode by the comparison report ships as the default.
+    raw = _manifest(SHIPPED_BUNDLE)
+    assert raw["analysis_mode"] == "cells"
     bundle = load_bundle(SHIPPED_BUNDLE)
+    assert bundle.manifest.cells is not None
     assert bundle.classifier.input_dtype == "int8"
-    size = sum(p.stat().st_size for p in SHIPPED_BUNDLE.rglob("*") if p.is_file())
-    assert size < MAX_BUNDLE_BYTES, f"bundle is {size} bytes"
+    assert _size(SHIPPED_BUNDLE) < MAX_BUNDLE_BYTES
+    card = (SHIPPED_BUNDLE / "MODEL_CARD.md").read_text()
+    assert "not a diagnosis" in card and "COMPARE.md" in card
+
+
+def test_whole_field_bundle_loads_and_is_small(manifest: dict) -> None:
+    bundle = load_bundle(WHOLE_FIELD_BUNDLE)
+    assert bundle.manifest.analysis_mode == "whole-field"
+    assert bundle.classifier.input_dtype == "int8"
+    assert _size(WHOLE_FIELD_BUNDLE) < MAX_BUNDLE_BYTES
     th = manifest["thresholds"]
     assert th["low"] <= manifest["metrics"]["cut"] <= th["high"]
 
@@ -34,7 +58,7 @@ def test_shipped_bundle_loads_and_is_small(manifest: dict) -> None:
 def test_split_is_group_disjoint_and_recorded(manifest: dict) -> None:
     from leukoscope_tools.dataset import SPLITS, parse_table
 
-    rows = parse_table((SHIPPED_BUNDLE / "split.csv").read_text())
+    rows = parse_table((WHOLE_FIELD_BUNDLE / "split.csv").read_text())
     splits: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         if row.split != "excluded":  # byte-identical copies, in no split
@@ -51,7 +75,7 @@ def test_split_is_group_disjoint_and_recorded(manifest: dict) -> None:
 
 
 def test_card_states_use_and_cross_source_results(manifest: dict) -> None:
-    card = (SHIPPED_BUNDLE / "MODEL_CARD.md").read_text()
+    card = (WHOLE_FIELD_BUNDLE / "MODEL_CARD.md").read_text()
     assert "not a diagnosis" in card
     assert "Donida Labati" in card and "Ghaderzadeh" in card
     cross = manifest["metrics"]["cross_source"]
@@ -67,4 +91,4 @@ def test_card_states_use_and_cross_source_results(manifest: dict) -> None:
 def test_reevaluation_matches_manifest(shared_data: Path) -> None:
     from leukoscope_tools.evaluate import reevaluate_bundle
 
-    assert reevaluate_bundle(SHIPPED_BUNDLE, shared_data) == []
+    assert reevaluate_bundle(WHOLE_FIELD_BUNDLE, shared_data) == []

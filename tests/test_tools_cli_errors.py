@@ -10,7 +10,7 @@ import pytest
 
 from leukoscope_tools.cli import main
 
-SHIPPED = Path(__file__).resolve().parent.parent / "models" / "default"
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "whole-field"
 
 
 def test_evaluate_a_folder_that_is_not_a_bundle(

@@ -3,7 +3,7 @@
 Crops are made only through `leukoscope.cellmode` (`select_cells` + `cell_crops`, default
 `CellSettings`: 24 um square, 128x128, white-balanced, the paper's filters), so the host
 trains on exactly what the device will feed the model. Photos keep the group and split of
-the whole-field model (`models/default/split.csv`), so both modes are judged on the same
+the whole-field model (`models/whole-field/split.csv`), so both modes are judged on the same
 slide-disjoint test photos; photos that split excludes stay out.
 
 Cell labels (1 blast, 0 other, -1 unknown) and where they come from (`kind`):
@@ -53,7 +53,7 @@ from leukoscope_tools.cell_eval import MATCH_UM, match, read_xyc
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SPLIT = REPO / "models/default/split.csv"
+DEFAULT_SPLIT = REPO / "models/whole-field/split.csv"
 DEFAULT_IDB2 = REPO / "models/reports/all-idb2-sources.csv"
 #: A located ALL-IDB2 crop: its template match scored at least this.
 IDB2_MIN_SCORE = 0.9

@@ -8,7 +8,7 @@ run through its cell analysis on every TEST photo; its slide scores and verdicts
 compared with the float model's, and that agreement goes into the model card.
 
     python -m leukoscope_tools.cell_ship ../shared/data build/cells --runs build/cells/runs \
-        --compare build/cells/report/COMPARE.md --out models/cells
+        --compare build/cells/report/COMPARE.md --out models/default
 
 COMPARE.md and compare.json (from `cell_compare`) ship inside the bundle, hash-listed.
 """
@@ -186,7 +186,7 @@ def render_card(res: dict[str, Any], best: dict[str, Any], par: dict[str, Any] |
         "- kaggle-all (Taleqani Hospital): M. Aria, M. Ghaderzadeh, D. Bashash et al., 2021;",
         "  Ghaderzadeh et al., Int. J. Intell. Syst. 2022. Cells labelled by their photo's",
         "  class (benign -> other, early/pre/pro -> blast): **label noise**.",
-        "- Split: the whole-field model's `models/default/split.csv` (group-disjoint), so",
+        "- Split: the whole-field model's `models/whole-field/split.csv` (group-disjoint), so",
         "  both modes are tested on the same photos.",
         "",
         "## Limits",
@@ -230,7 +230,7 @@ def ship(data: Path, cells_dir: Path, runs: Path, compare_md: Path, out: Path) -
         "best_epoch": best["best_epoch"],
         "best_val_crop_auc": best["best_val_crop_auc"],
         "crops": best["crops"],
-        "data": "ALL-IDB1 + ALL-IDB2 + kaggle-all (../shared/data), models/default/split.csv",
+        "data": "ALL-IDB1 + ALL-IDB2 + kaggle-all (../shared/data), models/whole-field/split.csv",
         "dataset": {k: v for k, v in res["dataset"].items() if k != "label_counts"},
     }
     metrics: dict[str, Any] = {
