@@ -469,3 +469,37 @@ def test_shipped_cells_report_is_its_numbers_rendered() -> None:
     assert manifest["analysis_mode"] == "cells"
     assert manifest["cells"] == best["settings"]
     assert manifest["thresholds"] == best["thresholds"]
+
+
+def test_detection_is_judged_on_the_whole_field_split(tmp_path: Path) -> None:
+    from leukoscope_tools.cell_eval import (
+        SlideResult,
+        format_whole_field_split,
+        whole_field_split,
+    )
+
+    split_csv = tmp_path / "split.csv"
+    split_csv.write_text(
+        "path,source,split\n"
+        "all-idb1/all/Im001_1.jpg,all-idb1,test\n"
+        "all-idb1/all/Im002_1.jpg,all-idb1,test\n"
+        "all-idb1/normal/Im090_0.jpg,all-idb1,test\n"
+        "kaggle-all/benign/x.jpg,kaggle-all,test\n"
+    )
+    wf = whole_field_split(split_csv)
+    assert wf == {"Im001_1": "test", "Im002_1": "test", "Im090_0": "test"}
+
+    def result(name: str, label: str, blasts: int, found: int, dets: int) -> SlideResult:
+        return SlideResult(name, label, "test", "1x1", 1.0, blasts, found, found, 0, dets, 0, 0.0)
+
+    results = [
+        result("Im001_1", "all", 10, 9, 12),
+        result("Im002_1", "all", 5, 5, 6),
+        result("Im090_0", "normal", 0, 0, 3),
+    ]
+    # Im001_1 was tuned on: the recall on the others counts Im002_1 alone.
+    text = format_whole_field_split(results, split_csv, {"Im001_1": "tune"})
+    row = next(line for line in text.splitlines() if line.startswith("| test "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:6] == ["2", "15", "14", "0.933", "0.900"]
+    assert cells[-2:] == ["1 of 3", "5 / 5"]
