@@ -40,15 +40,21 @@ def _median_ms(fn: Callable[[], object], runs: int) -> tuple[float, float]:
     return statistics.median(times), times[int(0.95 * (len(times) - 1))]
 
 
-def still_jpeg(width: int = 2592, height: int = 1944, quality: int = 92) -> bytes:
-    """A synthetic 5-megapixel smear still as JPEG bytes (what a Pi camera produces)."""
-    img = make_smear(width, height, n_wbc=6, n_blasts=4, px_per_um=9.0, seed=5).image
+def jpeg_bytes(rgb: np.ndarray, quality: int = 92) -> bytes:
+    """An RGB image as JPEG bytes, as a camera would hand it over."""
     ok, buf = cv2.imencode(
-        ".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
     )
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
+
+
+def still_jpeg(width: int = 2592, height: int = 1944, quality: int = 92) -> bytes:
+    """A synthetic 5-megapixel smear still as JPEG bytes (what a Pi camera produces)."""
+    return jpeg_bytes(
+        make_smear(width, height, n_wbc=6, n_blasts=4, px_per_um=9.0, seed=5).image, quality
+    )
 
 
 def _reset_peak_rss() -> bool:

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from leukoscope.bench import jpeg_bytes
 from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.cells import estimate_scale
 from leukoscope.errors import BundleError, ImageError
@@ -50,12 +50,7 @@ STAGE_NAMES = {
 def busy_still_jpeg(width: int = 2592, height: int = 1944, quality: int = 92) -> bytes:
     """A synthetic 5 MP smear with many white cells (36 mature, 16 blasts), as JPEG bytes."""
     img = make_smear(width, height, n_wbc=36, n_blasts=16, px_per_um=6.0, seed=5).image
-    ok, buf = cv2.imencode(
-        ".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
-    )
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
+    return jpeg_bytes(img, quality)
 
 
 def _median(values: list[float]) -> float:

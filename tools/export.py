@@ -148,26 +148,20 @@ def write_bundle(
         for rel, data in files.items()
         if rel.startswith("golden/")
     ]
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "version": version,
-        "architecture": architecture,
-        "analysis_mode": "whole-field",
-        "labels": labels,
-        "positive_label": positive_label,
-        "input": {"width": width, "height": height, "channels": 3},
-        "preprocess": params.to_json(),
-        "thresholds": {"low": thresholds.low, "high": thresholds.high},
-        "files": {rel: sha256_bytes(data) for rel, data in sorted(files.items())},
-        "golden": {
-            "tolerance": GOLDEN_TOLERANCE,
-            "cases": [{"file": c.file, "p_leukemia": c.p_leukemia} for c in cases],
-        },
-        "training": training,
-        "metrics": metrics,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
+    manifest = _manifest(
+        "whole-field",
+        name=name,
+        version=version,
+        architecture=architecture,
+        labels=labels,
+        positive_label=positive_label,
+        params=params,
+        thresholds=thresholds,
+        files=files,
+        cases=cases,
+        training=training,
+        metrics=metrics,
+    )
     _publish(out_dir, files, manifest)
     logger.info("wrote bundle %s (%s %s)", out_dir, name, version)
     return out_dir
@@ -271,18 +265,59 @@ def write_cells_bundle(
         if result.report is None or result.retake is not None:
             raise ValueError(f"golden smear {rel} would be a retake ({result.retake})")
         cases.append(GoldenCase(rel, round(result.report.score, 6)))
-    manifest = {
+    manifest = _manifest(
+        "cells",
+        name=name,
+        version=version,
+        architecture=architecture,
+        labels=labels,
+        positive_label=positive_label,
+        params=params,
+        thresholds=thresholds,
+        files=files,
+        cases=cases,
+        training=training,
+        metrics=metrics,
+        cells=dataclasses.asdict(cells),
+    )
+    _publish(out_dir, files, manifest)
+    logger.info("wrote cells bundle %s (%s %s)", out_dir, name, version)
+    return out_dir
+
+
+def _manifest(
+    mode: str,
+    *,
+    name: str,
+    version: str,
+    architecture: str,
+    labels: list[str],
+    positive_label: str,
+    params: PreprocessParams,
+    thresholds: Thresholds,
+    files: dict[str, bytes],
+    cases: list[GoldenCase],
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+    cells: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A manifest (schema in leukoscope.bundle) for the given files and golden cases."""
+    width, height = params.input_size
+    manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "name": name,
         "version": version,
         "architecture": architecture,
-        "analysis_mode": "cells",
+        "analysis_mode": mode,
         "labels": labels,
         "positive_label": positive_label,
         "input": {"width": width, "height": height, "channels": 3},
         "preprocess": params.to_json(),
         "thresholds": {"low": thresholds.low, "high": thresholds.high},
-        "cells": dataclasses.asdict(cells),
+    }
+    if cells is not None:
+        manifest["cells"] = cells
+    manifest |= {
         "files": {rel: sha256_bytes(data) for rel, data in sorted(files.items())},
         "golden": {
             "tolerance": GOLDEN_TOLERANCE,
@@ -292,9 +327,7 @@ def write_cells_bundle(
         "metrics": metrics,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    _publish(out_dir, files, manifest)
-    logger.info("wrote cells bundle %s (%s %s)", out_dir, name, version)
-    return out_dir
+    return manifest
 
 
 def _publish(out_dir: Path, files: dict[str, bytes], manifest: dict[str, Any]) -> None:
