@@ -173,10 +173,14 @@ def main(bundle_dir: Path, runs: int, report: Path | None) -> int:
     if report is not None:  # an unusable --report path fails now, not after the runs
         report.parent.mkdir(parents=True, exist_ok=True)
     result = run_bench(bundle_dir, runs)
-    text = format_report(result)
+    publish(format_report(result), result, report)
+    return 0
+
+
+def publish(text: str, result: dict[str, Any], report: Path | None) -> None:
+    """Print a bench's Markdown; with `report`, write it there and its figures beside as JSON."""
     print(text, end="")
     if report is not None:
         report.write_text(text, encoding="utf-8")
         report.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"report written to {report}")
-    return 0

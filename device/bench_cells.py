@@ -17,7 +17,6 @@ photo) with about 50 white cells, a busy field.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from leukoscope.bench import jpeg_bytes
+from leukoscope.bench import jpeg_bytes, publish
 from leukoscope.bundle import Bundle, load_bundle
 from leukoscope.cells import estimate_scale
 from leukoscope.errors import BundleError, ImageError
@@ -177,12 +176,7 @@ def print_bench(
     if jpeg is None:
         jpeg = busy_still_jpeg()
     result = run_bench(jpeg, bundle, runs, px_per_um=px_per_um)
-    text = format_report(result, str(image) if image else "synthetic still")
-    print(text, end="")
-    if report is not None:
-        report.write_text(text, encoding="utf-8")
-        report.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        print(f"report written to {report}")
+    publish(format_report(result, str(image) if image else "synthetic still"), result, report)
     return 0
 
 
