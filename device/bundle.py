@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from leukoscope.cellmode import CellAnalysis, CellSettings, analyse_cells
+from leukoscope.cellmode import SETTING_RANGES, CellAnalysis, CellSettings, analyse_cells
 from leukoscope.classifier import TFLiteClassifier
 from leukoscope.decision import Thresholds, Verdict
 from leukoscope.errors import BundleError, ImageError
@@ -288,27 +288,14 @@ def parse_manifest(raw: Any, where: str = MANIFEST) -> Manifest:
     )
 
 
-#: The `cells` object's keys: exactly CellSettings' fields, each with its allowed range.
-_CELL_RANGES: dict[str, tuple[float, float]] = {
-    "crop_um": (4.0, 100.0),
-    "glass_level": (1.0, 255.0),
-    "k": (1, 100),
-    "cell_cut": (0.0, 1.0),
-    "min_cells": (1, 4096),
-    "max_cells": (1, 4096),
-    "bias": (-1000.0, 1000.0),
-    "w_top_k": (-1000.0, 1000.0),
-    "w_density": (-1000.0, 1000.0),
-    "w_fraction": (-1000.0, 1000.0),
-}
-assert set(_CELL_RANGES) == {f.name for f in fields(CellSettings)}
+assert set(SETTING_RANGES) == {f.name for f in fields(CellSettings)}
 
 
 def _parse_cells(c: _Checker, raw: Any) -> CellSettings:
-    obj = c.obj(raw, "cells", dict.fromkeys(_CELL_RANGES, True))
+    obj = c.obj(raw, "cells", dict.fromkeys(SETTING_RANGES, True))
     values: dict[str, Any] = {}
     for f in fields(CellSettings):
-        lo, hi = _CELL_RANGES[f.name]
+        lo, hi = SETTING_RANGES[f.name]
         path = f"cells.{f.name}"
         if f.type in (int, "int"):
             values[f.name] = c.int_(obj[f.name], path, int(lo), int(hi))

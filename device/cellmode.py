@@ -74,22 +74,29 @@ class CellSettings:
     w_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 4.0 <= self.crop_um <= 100.0:
-            raise ValueError(f"crop_um must be in 4..100, got {self.crop_um}")
-        if not 1.0 <= self.glass_level <= 255.0:
-            raise ValueError(f"glass_level must be in 1..255, got {self.glass_level}")
-        if not 1 <= self.k <= 100:
-            raise ValueError(f"k must be in 1..100, got {self.k}")
-        if not 0.0 <= self.cell_cut <= 1.0:
-            raise ValueError(f"cell_cut must be in 0..1, got {self.cell_cut}")
-        if not 1 <= self.min_cells <= self.max_cells <= 4096:
+        for name, (lo, hi) in SETTING_RANGES.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and lo <= value <= hi):
+                raise ValueError(f"{name} must be a finite number in {lo}..{hi}, got {value}")
+        if self.min_cells > self.max_cells:
             raise ValueError(
                 f"need 1 <= min_cells <= max_cells <= 4096, got {self.min_cells}, {self.max_cells}"
             )
-        for name in ("bias", "w_top_k", "w_density", "w_fraction"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or abs(value) > 1000:
-                raise ValueError(f"{name} must be a finite number within +-1000, got {value}")
+
+
+#: Each setting's allowed range: checked here and named by the manifest parser's errors.
+SETTING_RANGES: dict[str, tuple[float, float]] = {
+    "crop_um": (4.0, 100.0),
+    "glass_level": (1.0, 255.0),
+    "k": (1, 100),
+    "cell_cut": (0.0, 1.0),
+    "min_cells": (1, 4096),
+    "max_cells": (1, 4096),
+    "bias": (-1000.0, 1000.0),
+    "w_top_k": (-1000.0, 1000.0),
+    "w_density": (-1000.0, 1000.0),
+    "w_fraction": (-1000.0, 1000.0),
+}
 
 
 @dataclass(frozen=True)
@@ -316,11 +323,6 @@ class CellAnalysis:
     retake: CellRetake | None
     #: Per stage: "detect" (scale and detection), "crops", "inference", "decision".
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def message(self) -> str | None:
-        """The retake's sentence for a technician, or None."""
-        return None if self.retake is None else RETAKE_MESSAGES[self.retake]
 
 
 def _ms(t0: float) -> float:
