@@ -13,6 +13,7 @@ from typing import Any
 
 from leukoscope import __version__, appcli, modelcli, webcli
 from leukoscope.cliargs import positive_int, thread_count
+from leukoscope.config import PX_PER_UM_RANGE
 from leukoscope.errors import LeukoscopeError
 
 logger = logging.getLogger(__name__)
@@ -30,10 +31,6 @@ def default_bundle() -> Path:
         if cand.exists():
             return cand
     return DEFAULT_BUNDLE_CANDIDATES[-1]
-
-
-#: A calibrated scale outside this range (pixels per micrometre) is a typing error.
-PX_PER_UM_RANGE = (0.1, 100.0)
 
 
 def px_per_um_arg(text: str) -> float:

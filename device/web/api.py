@@ -21,7 +21,9 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 bp = Blueprint("api", __name__)
 
-#: The columns of the CSV export, in order.
+#: CSV columns taken from a record's cell counts (empty in whole-field mode).
+CELL_COLUMNS = ("n_found", "n_classified", "n_blasts")
+#: The columns of the CSV export, in order (the cell counts last).
 CSV_COLUMNS = (
     "id",
     "created_at",
@@ -38,12 +40,8 @@ CSV_COLUMNS = (
     "image_deleted",
     "quality",
     "timings_ms",
-    "n_found",
-    "n_classified",
-    "n_blasts",
+    *CELL_COLUMNS,
 )
-#: CSV columns taken from a record's cell counts (empty in whole-field mode).
-CELL_COLUMNS = ("n_found", "n_classified", "n_blasts")
 
 
 def public(record: dict[str, Any] | None, *, full: bool = True) -> dict[str, Any] | None:
@@ -85,7 +83,8 @@ def status() -> Response:
     return jsonify(status_json())
 
 
-def _listing() -> tuple[int, int | None, ResultFilter]:
+def listing_args() -> tuple[int, int | None, ResultFilter]:
+    """limit, cursor and filter of a listing request (unknown parameters refused)."""
     args = request.args
     params.known_only(args, params.LISTING_KEYS)
     return (
@@ -98,7 +97,7 @@ def _listing() -> tuple[int, int | None, ResultFilter]:
 @bp.get("/api/results")
 def results() -> Response:
     """Records newest first: `limit` (1-200), `cursor`, `verdict`, `date_from`, `date_to`."""
-    limit, before, flt = _listing()
+    limit, before, flt = listing_args()
     page = ctx().source.list_results(limit, before, flt)
     return jsonify(
         {

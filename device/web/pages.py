@@ -17,7 +17,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import BadRequest, TooManyRequests
 
 from leukoscope.web import ctx, error_response, login_required, params
-from leukoscope.web.api import public, status_json
+from leukoscope.web.api import listing_args, public, status_json
 from leukoscope.web.auth import MAX_PASSWORD_CHARS, PasswordFileError, new_csrf_token
 from leukoscope.web.overlay import cell_view
 from leukoscope.web.reasons import reason_text
@@ -39,11 +39,7 @@ def status() -> tuple[str, int]:
 @bp.get("/history")
 def history() -> tuple[str, int]:
     """Past results, newest first, filtered by verdict and date."""
-    args = request.args
-    params.known_only(args, params.LISTING_KEYS)
-    limit = params.limit(args.get("limit"))
-    before = params.cursor(args.get("cursor"))
-    flt = params.result_filter(args)
+    limit, before, flt = listing_args()
     page = ctx().source.list_results(limit, before, flt)
     query: dict[str, Any] = {
         k: v
