@@ -6,7 +6,6 @@ and skip cleanly without it; the rest run on synthetic stand-ins.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -361,18 +360,6 @@ def test_real_cell_labels_follow_their_sources(shared_data: Path, small_set: Cel
                 else:
                     assert c.y_cell == -1
     assert seen == {"kaggle", "blast"}
-
-
-def test_split_file_groups_never_cross_splits() -> None:
-    if not DEFAULT_SPLIT.is_file():
-        pytest.skip("no models/whole-field/split.csv")
-    with DEFAULT_SPLIT.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    sides: dict[str, set[str]] = {}
-    for r in rows:
-        if r["split"] != "excluded":  # a byte-identical copy shares its original's group
-            sides.setdefault(r["group"], set()).add(r["split"])
-    assert all(len(s) == 1 for s in sides.values())
 
 
 def test_model_card_quotes_the_comparison_and_the_parity(tmp_path: Path) -> None:

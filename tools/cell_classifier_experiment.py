@@ -31,6 +31,8 @@ from leukoscope_tools.cell_eval import (
     match,
     read_split,
 )
+from leukoscope_tools.cell_train import symmetries
+from leukoscope_tools.metrics import roc_auc
 
 logger = logging.getLogger(__name__)
 
@@ -86,20 +88,8 @@ def build_crops(data: Path, cache: Path) -> dict[str, np.ndarray]:
 
 def auc(y: np.ndarray, score: np.ndarray) -> float:
     """Area under the ROC curve (ties count half); nan with one class only."""
-    pos, neg = score[y == 1], score[y == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
-
-
-def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    # The eight flips and quarter turns: a cell has no up or left.
-    out = np.empty_like(x)
-    for i in range(len(x)):
-        img = np.rot90(x[i], int(rng.integers(4)))
-        out[i] = img[:, ::-1] if rng.random() < 0.5 else img
-    return out
+    value = roc_auc(y, score)
+    return float("nan") if value is None else value
 
 
 def train_and_score(
@@ -125,7 +115,7 @@ def train_and_score(
     t0 = time.perf_counter()
     for _ in range(epochs):
         # Each epoch sees every crop once, freshly flipped and turned.
-        xa = _augment(x_tr, rng).astype(np.float32) / 255.0
+        xa = symmetries(x_tr, rng).astype(np.float32) / 255.0
         model.fit(xa, y_tr, batch_size=32, epochs=1, verbose=0, class_weight=weights)
     seconds = time.perf_counter() - t0
     p = model.predict(x_te, batch_size=64, verbose=0)[:, 1]

@@ -397,15 +397,6 @@ def load(out: Path, *, mmap: bool = True) -> CellSet:
     return CellSet(crops, cells, photos, summary)
 
 
-def build_or_load(data: Path, out: Path, **kwargs: object) -> CellSet:
-    """The cached set at `out`, built first when missing."""
-    if (out / "summary.json").is_file():
-        return load(out)
-    cs = build(data, **kwargs)  # type: ignore[arg-type]
-    save(cs, out)
-    return load(out)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Build (or rebuild) the cached cell set and print its summary."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

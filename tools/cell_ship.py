@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from leukoscope.cellmode import CellSettings
+from leukoscope.cellmode import CellSettings, normalise
 from leukoscope.decision import Thresholds
 from leukoscope_tools.cell_compare import (
     SOURCES,
-    TEST_SCOPES,
     cross_table,
     fmt,
     main_table,
@@ -135,7 +134,7 @@ def render_card(res: dict[str, Any], best: dict[str, Any], par: dict[str, Any] |
         "",
         "### Cell mode, mean over seeds 0, 1, 2 (test)",
         "",
-        seeds_table({k: v for k, v in res["cells_seeds"].items() if k in TEST_SCOPES}),
+        seeds_table(res["cells_seeds"]),
         "",
         "### Cross-source",
         "",
@@ -218,7 +217,7 @@ def ship(data: Path, cells_dir: Path, runs: Path, compare_md: Path, out: Path) -
     model = keras.models.load_model(run_dir / "model.keras")
     idx = select(cs, "train", list(SOURCES), 2, 0)
     pick = np.sort(np.random.default_rng(0).choice(idx, min(N_REPRESENTATIVE, len(idx)), False))
-    reps = np.asarray(cs.crops[pick]).astype(np.float32) * np.float32(PRE.scale) + PRE.offset
+    reps = normalise(np.asarray(cs.crops[pick]), PRE)
     tflite = to_int8_tflite(model, list(reps), batch=None)
     settings = CellSettings(**best["settings"])
     thresholds = Thresholds(**best["thresholds"])

@@ -147,7 +147,6 @@ def choose_slide_model(
     p_blast: np.ndarray,
     val: Sequence[PhotoRow],
     base: CellSettings,
-    cuts: Sequence[float] | None = None,
 ) -> tuple[CellSettings, dict[str, float]]:
     """The cell cut and logistic weights, both from validation photos only.
 
@@ -156,12 +155,11 @@ def choose_slide_model(
     """
     y = np.array([int(ph.label == "leukemia") for ph in val])
     sources = [ph.source for ph in val]
-    if cuts is None:
-        # The fixed grid, plus the deciles of these cells' probabilities: a model whose
-        # probabilities crowd around one value gets cuts where they are.
-        p = np.concatenate([p_blast[ph.first : ph.first + ph.count] for ph in val])
-        deciles = np.round(np.quantile(p, np.linspace(0.1, 0.9, 9)), 3) if p.size else []
-        cuts = sorted({*CELL_CUTS, *(float(d) for d in deciles)})
+    # The fixed grid, plus the deciles of these cells' probabilities: a model whose
+    # probabilities crowd around one value gets cuts where they are.
+    p = np.concatenate([p_blast[ph.first : ph.first + ph.count] for ph in val])
+    deciles = np.round(np.quantile(p, np.linspace(0.1, 0.9, 9)), 3) if p.size else []
+    cuts = sorted({*CELL_CUTS, *(float(d) for d in deciles)})
     best: tuple[float, float, CellSettings] | None = None
     tried: dict[str, float] = {}
     for cut in cuts:

@@ -134,7 +134,7 @@ class CellRun:
     counts: dict[str, int]
 
 
-def fit(cs: CellSet, cfg: CellTrainConfig, *, log_every: bool = True) -> CellRun:
+def fit(cs: CellSet, cfg: CellTrainConfig) -> CellRun:
     """Train one seed on `cfg.train_sources`' train crops; early-stop on val crop AUC."""
     import keras
 
@@ -193,15 +193,14 @@ def fit(cs: CellSet, cfg: CellTrainConfig, *, log_every: bool = True) -> CellRun
         for s, a in per_source.items():
             history.setdefault(f"val_auc {s}", []).append(float("nan") if a is None else a)
         history["seconds"].append(round(time.perf_counter() - te, 1))
-        if log_every:
-            logger.info(
-                "seed %d epoch %d: loss %.4f val crop AUC %s (%.0f s)",
-                cfg.seed,
-                epoch + 1,
-                history["loss"][-1],
-                auc,
-                history["seconds"][-1],
-            )
+        logger.info(
+            "seed %d epoch %d: loss %.4f val crop AUC %s (%.0f s)",
+            cfg.seed,
+            epoch + 1,
+            history["loss"][-1],
+            auc,
+            history["seconds"][-1],
+        )
         score = -1.0 if auc is None else auc
         if score > best:
             best, best_epoch, best_weights, waited = score, epoch, model.get_weights(), 0
