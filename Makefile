@@ -39,14 +39,8 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check device tools tests
 	$(VENV)/bin/ruff format --check device tools tests
 
-# mypy needs the import names (leukoscope, leukoscope_tools), not the folder names.
 typecheck: $(VENV)/.installed
-	rm -rf build/mypy && mkdir -p build/mypy
-	ln -s ../../device build/mypy/leukoscope
-	ln -s ../../tools build/mypy/leukoscope_tools
-	ln -s ../../tests build/mypy/tests
-	cd build/mypy && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml \
-		$$(find -L leukoscope leukoscope_tools tests -name '*.py' -not -path '*/__pycache__/*' | sort)
+	$(VENV)/bin/mypy device/leukoscope tools/leukoscope_tools tests
 
 # Debian packages the tests drive (shellcheck, chromium, sshd, ...); installs as root.
 system-deps:

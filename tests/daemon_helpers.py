@@ -16,9 +16,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from leukoscope.appliance.control import ControlError, request
 from leukoscope.config import load_config
-from leukoscope.control import ControlError, request
-from leukoscope.synthetic import make_smear
+from leukoscope.core.synthetic import make_smear
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -112,7 +112,7 @@ class DaemonProcess:
         self.lines: list[str] = []
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "leukoscope.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "leukoscope.cli.main", "run", "--config", str(config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

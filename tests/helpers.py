@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from leukoscope.decision import Thresholds
-from leukoscope.preprocess import PreprocessParams, preprocess
-from leukoscope.synthetic import make_smear
+from leukoscope.analysis.decision import Thresholds
+from leukoscope.analysis.preprocess import PreprocessParams, preprocess
+from leukoscope.core.synthetic import make_smear
 
 TINY_PARAMS = PreprocessParams(input_size=(64, 64))
 #: The tiny cells bundle: 64 px crops (resize == input size in cells mode).
@@ -50,7 +50,7 @@ def build_tiny_bundle(out: Path, *, seed: int = 0) -> Path:
     """Train a very small CNN for a few steps on synthetic smears and bundle it as int8."""
     import keras
 
-    from leukoscope_tools.export import to_int8_tflite, write_bundle
+    from leukoscope_tools.ship.export import to_int8_tflite, write_bundle
 
     keras.utils.set_random_seed(seed)
     x, y = synthetic_set(32, seed=seed)
@@ -100,8 +100,8 @@ def cell_training_set(n_smears: int, *, seed: int = 0) -> tuple[np.ndarray, np.n
 
     Each detected cell takes the kind of the nearest drawn white cell.
     """
-    from leukoscope.cellmode import CellSettings, cell_batch
-    from leukoscope.cells import detect_white_cells
+    from leukoscope.analysis.cells import CellSettings, cell_batch
+    from leukoscope.analysis.detection import detect_white_cells
 
     settings = CellSettings()
     xs, ys = [], []
@@ -122,8 +122,8 @@ def build_tiny_cells_bundle(out: Path, *, seed: int = 0) -> Path:
     """A tiny cell classifier fitted for a few steps on synthetic crops, as a cells bundle."""
     import keras
 
-    from leukoscope.cellmode import CellSettings
-    from leukoscope_tools.export import to_int8_tflite, write_cells_bundle
+    from leukoscope.analysis.cells import CellSettings
+    from leukoscope_tools.ship.export import to_int8_tflite, write_cells_bundle
 
     keras.utils.set_random_seed(seed)
     x, y = cell_training_set(12, seed=seed)

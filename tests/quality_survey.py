@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from leukoscope.imageio import load_image
-from leukoscope.quality import QualityMetrics, QualityThresholds, RetakeReason, measure
+from leukoscope.analysis.quality import QualityMetrics, QualityThresholds, RetakeReason, measure
+from leukoscope.core.imageio import load_image
 
 #: What each degraded copy must be refused for (any one of the listed reasons).
 EXPECTED: dict[str, set[RetakeReason]] = {

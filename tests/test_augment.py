@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from leukoscope.preprocess import PreprocessParams, preprocess_uint8
-from leukoscope.synthetic import make_smear
-from leukoscope_tools.augment import (
+from leukoscope.analysis.preprocess import PreprocessParams, preprocess_uint8
+from leukoscope.core.synthetic import make_smear
+from leukoscope_tools.data.augment import (
     AugmentParams,
     augment_batch,
     augment_split,

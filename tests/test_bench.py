@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from leukoscope.cli import main
+from leukoscope.cli.main import main
 
 
 def test_bench_writes_a_report_with_every_stage(session_bundle: Path, tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from leukoscope.bench_cells import STAGES, main
-from leukoscope.synthetic import make_smear
+from leukoscope.bench.cells import STAGES, main
+from leukoscope.core.synthetic import make_smear
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from leukoscope.bundle import load_bundle, parse_manifest
-from leukoscope.decision import Thresholds, Verdict
-from leukoscope.errors import BundleError
-from leukoscope.synthetic import make_smear
+from leukoscope.analysis.decision import Thresholds, Verdict
+from leukoscope.core.errors import BundleError
+from leukoscope.core.synthetic import make_smear
+from leukoscope.model.bundle import load_bundle, parse_manifest
 from tests.helpers import refusal_of_a_pipe
 
 

@@ -11,12 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from leukoscope.bundle import load_bundle, parse_manifest, sha256_file
-from leukoscope.cellmode import cell_batch
-from leukoscope.cells import detect_white_cells
-from leukoscope.cli import main
-from leukoscope.errors import BundleError
-from leukoscope.synthetic import make_smear
+from leukoscope.analysis.cells import cell_batch
+from leukoscope.analysis.detection import detect_white_cells
+from leukoscope.cli.main import main
+from leukoscope.core.errors import BundleError
+from leukoscope.core.synthetic import make_smear
+from leukoscope.model.bundle import load_bundle, parse_manifest, sha256_file
 from tests.test_cell_analysis import cells_manifest
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leukoscope.camera import CameraOwner, Still, decode_still, open_backend
+from leukoscope.capture.backends import open_backend
+from leukoscope.capture.base import Still, decode_still
+from leukoscope.capture.owner import CameraOwner
 from leukoscope.config import CameraConfig, OpenCVConfig, ReplayConfig
-from leukoscope.errors import CameraError
+from leukoscope.core.errors import CameraError
 from tests.daemon_helpers import good_field, write_rgb
 
 

@@ -14,9 +14,8 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from leukoscope import cellmode
-from leukoscope.bundle import Bundle, parse_manifest
-from leukoscope.cellmode import (
+from leukoscope.analysis import cells as cellmode
+from leukoscope.analysis.cells import (
     CellSettings,
     analyse_cells,
     cell_box,
@@ -25,11 +24,12 @@ from leukoscope.cellmode import (
     slide_score,
     white_balance,
 )
-from leukoscope.cells import WhiteCell, detect_white_cells
-from leukoscope.classifier import TFLiteClassifier
-from leukoscope.decision import Verdict
+from leukoscope.analysis.decision import Verdict
+from leukoscope.analysis.detection import WhiteCell, detect_white_cells
+from leukoscope.core.synthetic import make_smear
+from leukoscope.model.bundle import Bundle, parse_manifest
+from leukoscope.model.classifier import TFLiteClassifier
 from leukoscope.pipeline import analyse, decode_size
-from leukoscope.synthetic import make_smear
 from tests.helpers import TINY_CELL_PARAMS
 
 SETTINGS = CellSettings(max_cells=256, bias=-2.0, w_top_k=4.0, w_fraction=0.5)

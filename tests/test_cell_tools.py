@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leukoscope.cellmode import CellSettings, SlideFeatures, slide_score
-from leukoscope_tools.cell_compare import compare, paired_auc_diff, render, spread, verdict
-from leukoscope_tools.cell_dataset import (
+from leukoscope.analysis.cells import CellSettings, SlideFeatures, slide_score
+from leukoscope_tools.data.cells import (
     DEFAULT_SPLIT,
     CellRow,
     CellSet,
@@ -27,20 +26,21 @@ from leukoscope_tools.cell_dataset import (
     read_split_table,
     save,
 )
-from leukoscope_tools.cell_eval import MATCH_UM, read_xyc
-from leukoscope_tools.cell_slide import (
-    balanced_weights,
-    design,
-    fit_logistic,
-    fit_slide_model,
-    scores,
-)
-from leukoscope_tools.cell_train import (
+from leukoscope_tools.evaluate.cell_compare import compare, paired_auc_diff, render, spread, verdict
+from leukoscope_tools.evaluate.detection import MATCH_UM, read_xyc
+from leukoscope_tools.train.cells import (
     SOURCES,
     cell_weights,
     lower_magnification,
     select,
     symmetries,
+)
+from leukoscope_tools.train.slide import (
+    balanced_weights,
+    design,
+    fit_logistic,
+    fit_slide_model,
+    scores,
 )
 
 # ---------------------------------------------------------------- labels
@@ -363,7 +363,7 @@ def test_real_cell_labels_follow_their_sources(shared_data: Path, small_set: Cel
 
 
 def test_model_card_quotes_the_comparison_and_the_parity(tmp_path: Path) -> None:
-    from leukoscope_tools.cell_ship import render_card
+    from leukoscope_tools.ship.cells import render_card
 
     cs = _fake_set(48)
     runs, wf = _fake_runs(tmp_path, cs)
@@ -394,7 +394,7 @@ def test_model_card_quotes_the_comparison_and_the_parity(tmp_path: Path) -> None
 def test_cell_cut_is_chosen_where_the_blast_fraction_separates() -> None:
     from dataclasses import replace
 
-    from leukoscope_tools.cell_slide import choose_slide_model
+    from leukoscope_tools.train.slide import choose_slide_model
 
     cs = _fake_set(90, seed=3)
     cs.photos = [replace(ph, area_um2=1000.0) for ph in cs.photos]  # density says nothing
@@ -459,7 +459,7 @@ def test_shipped_cells_report_is_its_numbers_rendered() -> None:
 
 
 def test_detection_is_judged_on_the_whole_field_split(tmp_path: Path) -> None:
-    from leukoscope_tools.cell_eval import (
+    from leukoscope_tools.evaluate.detection import (
         SlideResult,
         format_whole_field_split,
         whole_field_split,

@@ -6,15 +6,15 @@ import cv2
 import numpy as np
 import pytest
 
-from leukoscope.cells import (
+from leukoscope.analysis.detection import (
     WhiteCell,
     crop_cells,
     detect_white_cells,
     estimate_scale,
     optical_density,
 )
-from leukoscope.errors import ImageError
-from leukoscope.synthetic import SyntheticSmear, make_smear
+from leukoscope.core.errors import ImageError
+from leukoscope.core.synthetic import SyntheticSmear, make_smear
 
 
 def _white(smear: SyntheticSmear) -> np.ndarray:

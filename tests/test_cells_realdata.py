@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from leukoscope.cells import DEFAULT_PARAMS
-from leukoscope_tools.cell_eval import (
+from leukoscope.analysis.detection import DEFAULT_PARAMS
+from leukoscope_tools.evaluate.detection import (
     DEFAULT_SPLIT,
     OVERLAP_GROUPS,
     SlideResult,

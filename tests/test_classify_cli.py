@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from leukoscope.cli import main
-from leukoscope.synthetic import make_smear
+from leukoscope.cli.main import main
+from leukoscope.core.synthetic import make_smear
 
 VERDICTS = {"leukemia-suspected", "no-leukemia-suspected", "indeterminate", "retake"}
 
@@ -65,7 +65,7 @@ def test_bad_bundle_is_a_clear_error(tmp_path: Path, mixed_folder: Path) -> None
         [
             sys.executable,
             "-m",
-            "leukoscope.cli",
+            "leukoscope.cli.main",
             "classify",
             str(mixed_folder),
             "--bundle",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from leukoscope.cli import main
+from leukoscope.cli.main import main
 
 
 @pytest.mark.parametrize(

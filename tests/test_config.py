@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from leukoscope.appcli import cmd_check_config
+from leukoscope.cli.appliance import cmd_check_config
 from leukoscope.config import bundled_config, load_config, parse_config
-from leukoscope.errors import ConfigError
+from leukoscope.core.errors import ConfigError
 from tests.helpers import refusal_of_a_pipe
 
 MINIMAL: dict[str, dict[str, Any]] = {
@@ -136,7 +136,7 @@ def test_run_refuses_a_bad_config_with_exit_78(tmp_path: Path) -> None:
     text = bundled_config("laptop").read_text()
     cfg.write_text(text.replace("[camera.replay]\n", "[camera.replay]\nfps = 3\n"))
     proc = subprocess.run(
-        [sys.executable, "-m", "leukoscope.cli", "run", "--config", str(cfg)],
+        [sys.executable, "-m", "leukoscope.cli.main", "run", "--config", str(cfg)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from leukoscope import control
-from leukoscope.control import ControlServer, request
+from leukoscope.appliance import control
+from leukoscope.appliance.control import ControlServer, request
 
 
 class Target:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from leukoscope.synthetic import make_smear
+from leukoscope.core.synthetic import make_smear
 from leukoscope.web.reasons import RETAKE_REASONS
 from tests.daemon_helpers import daemon_config, write_rgb
 from tests.test_cell_analysis import fake_bundle
@@ -35,12 +35,13 @@ def cells_daemon(tmp_path: Path, **camera: Any) -> Iterator[Any]:
     """A running Daemon over FIELDS with a stand-in cells bundle; yields the daemon."""
     from gpiozero.pins.mock import MockFactory
 
-    from leukoscope.camera import CameraOwner, open_backend
+    from leukoscope.appliance.daemon import Daemon
+    from leukoscope.appliance.indicator import GpioIndicator
+    from leukoscope.appliance.records import Store
+    from leukoscope.appliance.sdnotify import Notifier
+    from leukoscope.capture.backends import open_backend
+    from leukoscope.capture.owner import CameraOwner
     from leukoscope.config import load_config
-    from leukoscope.daemon import Daemon
-    from leukoscope.indicator import GpioIndicator
-    from leukoscope.sdnotify import Notifier
-    from leukoscope.store import Store
 
     for i, (name, kw) in enumerate(FIELDS.items()):
         write_rgb(tmp_path / "replay" / f"{i:02d}-{name}.png", make_smear(400, 300, **kw).image)
@@ -89,7 +90,7 @@ def cells_daemon(tmp_path: Path, **camera: Any) -> Iterator[Any]:
 
 def capture(daemon: Any) -> dict[str, Any]:
     """One capture through the daemon's own path, once it is ready for one."""
-    from leukoscope.daemon import NotReadyError
+    from leukoscope.appliance.daemon import NotReadyError
 
     ticket = None
     for _ in range(500):  # until the camera is up and the last capture has finished

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from leukoscope.bundle import sha256_file
-from leukoscope.indicator import IndicatorState
+from leukoscope.appliance.indicator import IndicatorState
+from leukoscope.model.bundle import sha256_file
 from tests.daemon_helpers import DaemonProcess, daemon_config, replay_set
 
 #: Which LEDs are lit, steadily, for each verdict's pattern.
@@ -90,17 +90,18 @@ def test_real_gpiozero_button_press_while_busy_is_ignored(
 
     from gpiozero.pins.mock import MockFactory
 
-    from leukoscope.bundle import load_bundle
-    from leukoscope.camera import CameraOwner, open_backend
+    from leukoscope.appliance.daemon import Daemon
+    from leukoscope.appliance.gpio import CaptureButton
+    from leukoscope.appliance.indicator import GpioIndicator
+    from leukoscope.appliance.records import Store
+    from leukoscope.appliance.sdnotify import Notifier
+    from leukoscope.capture.backends import open_backend
+    from leukoscope.capture.owner import CameraOwner
     from leukoscope.config import load_config
-    from leukoscope.daemon import Daemon
-    from leukoscope.gpio import CaptureButton
-    from leukoscope.indicator import GpioIndicator
-    from leukoscope.sdnotify import Notifier
-    from leukoscope.store import Store
+    from leukoscope.model.bundle import load_bundle
     from tests.daemon_helpers import good_field, wait_until, write_rgb
 
-    caplog.set_level("INFO", logger="leukoscope.daemon")
+    caplog.set_level("INFO", logger="leukoscope.appliance.daemon")
     write_rgb(tmp_path / "replay" / "00.png", good_field(0))
     # A long simulated exposure keeps the first capture busy while the button is pressed again.
     cfg = load_config(
@@ -161,7 +162,7 @@ def test_real_gpiozero_button_press_while_busy_is_ignored(
 
 
 def test_sample_id_check_refuses_trailing_newline_and_non_ascii() -> None:
-    from leukoscope.daemon import check_sample_id
+    from leukoscope.appliance.daemon import check_sample_id
 
     assert check_sample_id("S-2026/11 a.1") == "S-2026/11 a.1"
     assert check_sample_id("") is None

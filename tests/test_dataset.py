@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leukoscope.synthetic import make_smear
-from leukoscope_tools.dataset import (
+from leukoscope.core.synthetic import make_smear
+from leukoscope_tools.data.photos import (
     EXCLUDED,
     LEUKEMIA,
     NORMAL,

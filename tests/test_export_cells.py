@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from leukoscope.bundle import load_bundle
-from leukoscope.cellmode import CellSettings
-from leukoscope.classifier import TFLiteClassifier
-from leukoscope.decision import Thresholds
-from leukoscope.preprocess import PreprocessParams
+from leukoscope.analysis.cells import CellSettings
+from leukoscope.analysis.decision import Thresholds
+from leukoscope.analysis.preprocess import PreprocessParams
+from leukoscope.model.bundle import load_bundle
+from leukoscope.model.classifier import TFLiteClassifier
 from tests.helpers import TINY_CELL_PARAMS
 
 pytestmark = pytest.mark.host
@@ -38,7 +38,7 @@ def _reps() -> list[np.ndarray]:
 
 
 def _write(out: Path, tflite: bytes, params: PreprocessParams = TINY_CELL_PARAMS) -> Path:
-    from leukoscope_tools.export import write_cells_bundle
+    from leukoscope_tools.ship.export import write_cells_bundle
 
     return write_cells_bundle(
         out,
@@ -55,7 +55,7 @@ def _write(out: Path, tflite: bytes, params: PreprocessParams = TINY_CELL_PARAMS
 
 
 def test_a_dynamic_batch_export_classifies_a_batch_in_one_call(tiny_model: Any) -> None:
-    from leukoscope_tools.export import to_int8_tflite
+    from leukoscope_tools.ship.export import to_int8_tflite
 
     clf = TFLiteClassifier(to_int8_tflite(tiny_model, _reps(), batch=None))
     assert clf.dynamic_batch and clf.input_shape == (1, 64, 64, 3) and clf.input_dtype == "int8"
@@ -66,7 +66,7 @@ def test_a_dynamic_batch_export_classifies_a_batch_in_one_call(tiny_model: Any) 
 
 
 def test_write_cells_bundle_writes_a_bundle_that_loads(tiny_model: Any, tmp_path: Path) -> None:
-    from leukoscope_tools.export import to_int8_tflite
+    from leukoscope_tools.ship.export import to_int8_tflite
 
     root = _write(tmp_path / "cells", to_int8_tflite(tiny_model, _reps(), batch=None))
     raw = json.loads((root / "manifest.json").read_text())
@@ -86,7 +86,7 @@ def test_write_cells_bundle_writes_a_bundle_that_loads(tiny_model: Any, tmp_path
 
 
 def test_write_cells_bundle_refuses_a_fixed_batch_model(tiny_model: Any, tmp_path: Path) -> None:
-    from leukoscope_tools.export import to_int8_tflite
+    from leukoscope_tools.ship.export import to_int8_tflite
 
     with pytest.raises(ValueError, match="needs a dynamic batch"):
         _write(tmp_path / "cells", to_int8_tflite(tiny_model, _reps()))
@@ -96,7 +96,7 @@ def test_write_cells_bundle_refuses_a_fixed_batch_model(tiny_model: Any, tmp_pat
 def test_write_cells_bundle_refuses_a_resize_other_than_the_input(
     tiny_model: Any, tmp_path: Path
 ) -> None:
-    from leukoscope_tools.export import to_int8_tflite
+    from leukoscope_tools.ship.export import to_int8_tflite
 
     params = PreprocessParams(resize=(128, 128), input_size=(64, 64))
     with pytest.raises(ValueError, match="resize == input size"):

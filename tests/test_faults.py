@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from leukoscope.bundle import sha256_file
-from leukoscope.control import ControlError
-from leukoscope.daemon import EXIT_UNAVAILABLE
-from leukoscope.store import TMP_DIR
+from leukoscope.app import EXIT_UNAVAILABLE
+from leukoscope.appliance.control import ControlError
+from leukoscope.appliance.records import TMP_DIR
+from leukoscope.model.bundle import sha256_file
 from tests.daemon_helpers import DaemonProcess, daemon_config, good_field, wait_until, write_rgb
 
 pytestmark = pytest.mark.slow

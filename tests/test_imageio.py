@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leukoscope import imageio
-from leukoscope.errors import ImageError
-from leukoscope.imageio import as_rgb8, iter_image_paths, load_image
-from leukoscope.synthetic import make_smear
+from leukoscope.core import imageio
+from leukoscope.core.errors import ImageError
+from leukoscope.core.imageio import as_rgb8, iter_image_paths, load_image
+from leukoscope.core.synthetic import make_smear
 from tests.helpers import refusal_of_a_pipe
 
 

@@ -9,9 +9,9 @@ import time
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from leukoscope.decision import Verdict
-from leukoscope.gpio import CaptureButton
-from leukoscope.indicator import PATTERNS, GpioIndicator, IndicatorState
+from leukoscope.analysis.decision import Verdict
+from leukoscope.appliance.gpio import CaptureButton
+from leukoscope.appliance.indicator import PATTERNS, GpioIndicator, IndicatorState
 
 PINS = {"green": 22, "amber": 23, "red": 24, "buzzer": 27}
 

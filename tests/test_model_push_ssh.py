@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from leukoscope.bundle import MODEL_FILE, sha256_file
-from leukoscope.control import ControlError, request
-from leukoscope.modelstore import FAULT_ENV, SIGNATURE_FILE
+from leukoscope.appliance.control import ControlError, request
+from leukoscope.model.bundle import MODEL_FILE, sha256_file
+from leukoscope.model.store import FAULT_ENV, SIGNATURE_FILE
 from tests.test_modelstore import keys, signed  # noqa: F401 - shared fixtures
 
 BIN = Path(sys.executable).parent
@@ -177,7 +177,7 @@ def appliance(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Appliance]:
     """The real daemon, replay camera and mock GPIO, running signed 1.0.1 from the store."""
-    from leukoscope.synthetic import write_demo_images
+    from leukoscope.core.synthetic import write_demo_images
 
     root = tmp_path_factory.mktemp("pi")
     web_port = _free_port()

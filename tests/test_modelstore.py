@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from leukoscope.bundle import MANIFEST, MODEL_FILE, load_bundle, sha256_file
-from leukoscope.errors import BundleError
-from leukoscope.modelstore import (
+from leukoscope.core.errors import BundleError
+from leukoscope.model.bundle import MANIFEST, MODEL_FILE, load_bundle, sha256_file
+from leukoscope.model.store import (
     ACTIVE,
     FAULT_ENV,
     PREVIOUS,
@@ -58,7 +58,7 @@ def make_variant(
 
 
 def sign(bundle: Path, key: Path) -> Path:
-    from leukoscope_tools.sign import sign_bundle
+    from leukoscope_tools.ship.sign import sign_bundle
 
     sign_bundle(bundle, key)
     return bundle
@@ -67,7 +67,7 @@ def sign(bundle: Path, key: Path) -> Path:
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two throwaway maintainer keys; only alice's is in the allowed signers file."""
-    from leukoscope_tools.sign import allowed_signers_line
+    from leukoscope_tools.ship.sign import allowed_signers_line
 
     d = tmp_path_factory.mktemp("keys")
     for name in ("alice", "mallory"):
@@ -283,7 +283,7 @@ def test_a_second_command_waits_its_turn(signed: list[Path], keys: Path, tmp_pat
 INSTALL_SCRIPT = """
 import sys
 from pathlib import Path
-from leukoscope.modelstore import ModelStore, StoreSettings
+from leukoscope.model.store import ModelStore, StoreSettings
 s = StoreSettings(store_dir=Path(sys.argv[1]), keep=2, allowed_signers=Path(sys.argv[2]),
                   require_signature=True, reload="none")
 ModelStore(s).install(Path(sys.argv[3]), activate=True, report=print)
@@ -355,7 +355,7 @@ def test_through_sudo_the_pis_own_config_applies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
     # Another config could drop the allowed signers: the sudo rule must not allow one.
-    from leukoscope.cli import main
+    from leukoscope.cli.main import main
 
     cfg = tmp_path / "config.toml"
     cfg.write_text(
@@ -373,8 +373,8 @@ def test_through_sudo_the_pis_own_config_applies(
 CRASHING_DAEMON = """
 import os, signal, sys, time
 from pathlib import Path
-from leukoscope.bundle import read_manifest
-from leukoscope.control import ControlServer
+from leukoscope.model.bundle import read_manifest
+from leukoscope.appliance.control import ControlServer
 
 class Daemon:
     # Answers status like the real daemon, and dies on SIGHUP like a model that crashes it.

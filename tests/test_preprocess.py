@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from leukoscope.preprocess import PreprocessParams, preprocess, preprocess_uint8
-from leukoscope.synthetic import make_smear
+from leukoscope.analysis.preprocess import PreprocessParams, preprocess, preprocess_uint8
+from leukoscope.core.synthetic import make_smear
 
 TINY = PreprocessParams(resize=(4, 4), median_ksize=3, input_size=(2, 2))
 

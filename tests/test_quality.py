@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from leukoscope.quality import QualityThresholds, RetakeReason, assess, measure
-from leukoscope.synthetic import make_smear
+from leukoscope.analysis.quality import QualityThresholds, RetakeReason, assess, measure
+from leukoscope.core.synthetic import make_smear
 from tests.quality_survey import EXPECTED, degraded, report, survey
 
 
@@ -67,7 +67,7 @@ def test_classify_answers_retake_with_the_reason(
 ) -> None:
     import json
 
-    from leukoscope.cli import main
+    from leukoscope.cli.main import main
 
     good = tmp_path / "good.png"
     blurred = tmp_path / "blurred.png"

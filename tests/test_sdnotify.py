@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from leukoscope.sdnotify import Notifier
+from leukoscope.appliance.sdnotify import Notifier
 
 
 @pytest.fixture

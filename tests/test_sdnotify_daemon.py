@@ -122,7 +122,7 @@ def test_daemon_notifies_ready_watchdog_and_stopping(tmp_path: Path, daemon_conf
     env.pop("WATCHDOG_PID", None)
     log = (tmp_path / "daemon.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "leukoscope.cli", "run", "--config", str(daemon_config)],
+        [sys.executable, "-m", "leukoscope.cli.main", "run", "--config", str(daemon_config)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

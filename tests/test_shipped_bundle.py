@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from leukoscope.bundle import load_bundle
+from leukoscope.model.bundle import load_bundle
 from tests.conftest import SHIPPED_BUNDLE, WHOLE_FIELD_BUNDLE
 
 MAX_BUNDLE_BYTES = 10 * 1024 * 1024
@@ -56,7 +56,7 @@ def test_whole_field_bundle_loads_and_is_small(manifest: dict) -> None:
 
 
 def test_split_is_group_disjoint_and_recorded(manifest: dict) -> None:
-    from leukoscope_tools.dataset import SPLITS, parse_table
+    from leukoscope_tools.data.photos import SPLITS, parse_table
 
     rows = parse_table((WHOLE_FIELD_BUNDLE / "split.csv").read_text())
     splits: dict[str, set[str]] = defaultdict(set)
@@ -89,6 +89,6 @@ def test_card_states_use_and_cross_source_results(manifest: dict) -> None:
 @pytest.mark.realdata
 @pytest.mark.host
 def test_reevaluation_matches_manifest(shared_data: Path) -> None:
-    from leukoscope_tools.evaluate import reevaluate_bundle
+    from leukoscope_tools.evaluate.field import reevaluate_bundle
 
     assert reevaluate_bundle(WHOLE_FIELD_BUNDLE, shared_data) == []

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from leukoscope.bundle import sha256_file
-from leukoscope.errors import StoreError
-from leukoscope.store import TMP_DIR, NewRecord, Store
+from leukoscope.appliance.records import TMP_DIR, NewRecord, Store
+from leukoscope.core.errors import StoreError
+from leukoscope.model.bundle import sha256_file
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_retention_by_free_space_deletes_oldest_first(
 ) -> None:
     ids = [store.add(rec(created_unix=1_700_000_000 + i), b"x" * 100, ".jpg") for i in range(5)]
     # A disk that has room again once three images are gone.
-    import leukoscope.store as store_mod
+    import leukoscope.appliance.records as store_mod
 
     monkeypatch.setattr(
         store_mod, "free_bytes", lambda _p: 10_000 - 100 * sum(1 for _ in _images(store))
@@ -221,7 +221,7 @@ def test_cells_with_nan_or_numpy_numbers_are_stored_as_plain_json(store: Store) 
 def test_an_oversized_cell_list_keeps_the_counts(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import leukoscope.store as store_mod
+    import leukoscope.appliance.records as store_mod
 
     monkeypatch.setattr(store_mod, "MAX_CELLS_JSON_BYTES", len(json.dumps(cell_report(10))))
     small = store.add(rec(cells=cell_report(5)), None)
@@ -235,8 +235,8 @@ def test_an_oversized_cell_list_keeps_the_counts(
 def test_the_most_cells_a_bundle_classifies_are_kept_and_fit_a_control_reply(
     store: Store,
 ) -> None:
-    from leukoscope.cellmode import CellSettings
-    from leukoscope.control import MAX_REPLY_BYTES
+    from leukoscope.analysis.cells import CellSettings
+    from leukoscope.appliance.control import MAX_REPLY_BYTES
 
     most = 4096
     with pytest.raises(ValueError):

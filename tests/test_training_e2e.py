@@ -9,9 +9,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from leukoscope import cli as device_cli
-from leukoscope.bundle import load_bundle
-from leukoscope.synthetic import make_smear
+from leukoscope.cli import main as device_cli
+from leukoscope.core.synthetic import make_smear
+from leukoscope.model.bundle import load_bundle
 from leukoscope_tools import cli
 
 pytestmark = [pytest.mark.host, pytest.mark.slow]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from leukoscope.web.bench import PASSWORD, DaemonProcess, running_daemon
+from leukoscope.bench.web import PASSWORD, DaemonProcess, running_daemon
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"

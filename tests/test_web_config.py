@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from leukoscope.config import parse_config
-from leukoscope.errors import ConfigError
+from leukoscope.core.errors import ConfigError
 
 
 def _raw(web: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from leukoscope.web.bench import PASSWORD, DaemonProcess, Session, running_daemon
+from leukoscope.bench.web import PASSWORD, DaemonProcess, Session, running_daemon
 
 pytestmark = pytest.mark.slow
 

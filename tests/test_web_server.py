@@ -102,7 +102,7 @@ def test_unknown_paths_over_http_are_json_404(tmp_path: Path):
 def test_set_password_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
     import io
 
-    from leukoscope.cli import main
+    from leukoscope.cli.main import main
 
     cfg = tmp_path / "config.toml"
     cfg.write_text(
@@ -131,7 +131,7 @@ def _daemon_stub(tmp_path: Path, **web: object) -> object:
 
 
 def test_the_daemon_runs_on_when_its_page_cannot_listen(tmp_path: Path, caplog):
-    from leukoscope.web.server import serve_daemon
+    from leukoscope.app import serve_daemon
 
     assert serve_daemon(_daemon_stub(tmp_path, enabled=False)) is None  # type: ignore[arg-type]
     with socket.socket() as taken:

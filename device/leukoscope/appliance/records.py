@@ -1,0 +1,438 @@
+"""Records and images: SQLite (WAL, synchronous=FULL) and atomically written image files.
+
+Order of writes keeps the invariant "no record points to a missing image" through power
+cuts and SIGKILL: an image is written to `.tmp/`, fsynced, renamed into place and its
+folder fsynced *before* its record is committed; retention marks a record image-deleted
+and commits *before* it unlinks the file. `recover()` at start removes what a crash can
+leave: temporary files, and images no record refers to.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from leukoscope.core.errors import StoreError
+from leukoscope.core.fsutil import fsync_dir
+from leukoscope.model.bundle import sha256_bytes
+
+logger = logging.getLogger(__name__)
+
+#: 1: the first schema; 2: adds `cells` (the per-cell result of a `cells` bundle).
+SCHEMA_VERSION = 2
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at      TEXT NOT NULL,     -- UTC, ISO 8601
+    created_unix    REAL NOT NULL,
+    trigger         TEXT NOT NULL,     -- button, control, web, ...
+    sample_id       TEXT,
+    outcome         TEXT NOT NULL,     -- a verdict (incl. retake) or 'fault'
+    p_leukemia      REAL,
+    probabilities   TEXT,              -- JSON object
+    retake_reasons  TEXT NOT NULL,     -- JSON list
+    quality         TEXT,              -- JSON object of QualityMetrics
+    timings_ms      TEXT NOT NULL,     -- JSON object, stage -> milliseconds
+    error           TEXT,
+    model_name      TEXT,
+    model_version   TEXT,
+    model_sha256    TEXT,
+    image_path      TEXT,              -- relative to the images folder
+    image_sha256    TEXT,
+    image_bytes     INTEGER,
+    image_deleted   INTEGER NOT NULL DEFAULT 0,
+    image_deleted_at TEXT,
+    cells           TEXT               -- JSON object (CellReport), NULL in whole-field mode
+);
+CREATE INDEX IF NOT EXISTS results_created ON results (created_unix);
+CREATE INDEX IF NOT EXISTS results_image ON results (image_deleted, created_unix);
+"""
+TMP_DIR = ".tmp"
+#: More unreferenced (or missing) images than a few crashes can explain: touch nothing.
+MAX_CRASH_ORPHANS = 5
+#: The largest per-cell result kept with a record: 4,096 cells (a bundle's most) take
+#: about 400 kB, and a record must still fit one control-socket reply (1 MiB). A larger
+#: one keeps its counts and loses its per-cell list.
+MAX_CELLS_JSON_BYTES = 512 * 1024
+#: Columns holding JSON, decoded when a record is read.
+JSON_COLUMNS = ("probabilities", "retake_reasons", "quality", "timings_ms", "cells")
+
+
+@dataclass
+class NewRecord:
+    """One analysis, as the daemon hands it to the store."""
+
+    trigger: str
+    outcome: str
+    created_unix: float = field(default_factory=time.time)
+    sample_id: str | None = None
+    p_leukemia: float | None = None
+    probabilities: dict[str, float] | None = None
+    retake_reasons: list[str] = field(default_factory=list)
+    quality: dict[str, float] | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    model_sha256: str | None = None
+    #: The per-cell result (CellReport.to_json()), None in whole-field mode.
+    cells: dict[str, Any] | None = None
+
+
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds")
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as Python numbers and lists (for json.dumps)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON data")
+
+
+def cells_json(cells: Any) -> str | None:
+    """The per-cell result as stored: a JSON object of finite numbers, size-capped.
+
+    Not an object (or not JSON data at all) is dropped with a warning: the record itself
+    must still be written. Over MAX_CELLS_JSON_BYTES, the per-cell list is left out (the
+    counts stay) and `cells_omitted` says how many cells it held.
+    """
+    if cells is None:
+        return None
+    if not isinstance(cells, dict):
+        logger.warning("per-cell result dropped: a %s, not an object", type(cells).__name__)
+        return None
+    try:
+        clean = _finite(json.loads(json.dumps(cells, default=_plain)))
+    except (TypeError, ValueError, RecursionError) as exc:
+        logger.warning("per-cell result dropped: not JSON data (%s)", exc)
+        return None
+    text = json.dumps(clean, allow_nan=False, separators=(",", ":"))
+    if len(text) > MAX_CELLS_JSON_BYTES:
+        listed = clean.get("cells")
+        logger.warning(
+            "per-cell result of %d bytes is over %d: its per-cell list is not kept",
+            len(text),
+            MAX_CELLS_JSON_BYTES,
+        )
+        clean["cells"] = []
+        clean["cells_omitted"] = len(listed) if isinstance(listed, list) else None
+        text = json.dumps(clean, allow_nan=False, separators=(",", ":"))
+        if len(text) > MAX_CELLS_JSON_BYTES:
+            logger.warning("per-cell result dropped: still %d bytes without its list", len(text))
+            return None
+    return text
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free for an unprivileged writer on the file system holding `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class Store:
+    """The record database and image folder. Thread-safe (one connection, one lock)."""
+
+    def __init__(self, database: Path, images_dir: Path) -> None:
+        """Open (creating if needed) the database and image folder.
+
+        Raises:
+            StoreError: the folder or database cannot be created or opened.
+        """
+        self.database = Path(database)
+        self.images_dir = Path(images_dir)
+        self._lock = threading.Lock()
+        try:
+            self.images_dir.mkdir(parents=True, exist_ok=True)
+            (self.images_dir / TMP_DIR).mkdir(exist_ok=True)
+            self.database.parent.mkdir(parents=True, exist_ok=True)
+            self._db: sqlite3.Connection | None = sqlite3.connect(
+                self.database, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise StoreError(f"{self.database}: cannot use WAL mode (got {mode})")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate(self._db)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the record store {self.database}: {exc}") from None
+        #: Bytes of the last image a full disk refused, to judge when space is back.
+        self.last_failed_bytes = 0
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Create the schema, or bring an older database up to SCHEMA_VERSION in place.
+
+        Version 1 lacks `cells`: the column is added (NULL for the old records, which then
+        show no overlay) in the same transaction that raises the version.
+        """
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.database}: schema version {version}, this build knows {SCHEMA_VERSION}"
+                " (a newer Leukoscope wrote it)"
+            )
+        db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
+        steps = [] if "cells" in columns else ["ALTER TABLE results ADD COLUMN cells TEXT;"]
+        if steps or version != SCHEMA_VERSION:
+            db.executescript(
+                "BEGIN IMMEDIATE;\n"
+                + "\n".join(steps)
+                + f"\nPRAGMA user_version={SCHEMA_VERSION};\nCOMMIT;"
+            )
+            if version:
+                logger.info(
+                    "record store %s: schema %d -> %d", self.database, version, SCHEMA_VERSION
+                )
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The open connection (StoreError once closed)."""
+        if self._db is None:
+            raise StoreError("the record store is closed")
+        return self._db
+
+    # --- writing -------------------------------------------------------------------------
+
+    def _write_image(self, data: bytes, suffix: str, created_unix: float) -> Path:
+        stamp = datetime.fromtimestamp(created_unix, UTC)
+        rel = Path(stamp.strftime("%Y/%m/%d")) / (
+            f"{stamp.strftime('%Y%m%dT%H%M%S.%f')[:-3]}Z-{uuid.uuid4().hex[:8]}{suffix}"
+        )
+        final = self.images_dir / rel
+        tmp = self.images_dir / TMP_DIR / (final.name + ".part")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            new_dirs = [p for p in reversed(rel.parents) if not (self.images_dir / p).exists()]
+            final.parent.mkdir(parents=True, exist_ok=True)
+            for d in new_dirs:  # a new day folder must survive a power cut too
+                fsync_dir((self.images_dir / d).parent)
+            os.rename(tmp, final)
+            fsync_dir(final.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                self.last_failed_bytes = len(data)
+            raise StoreError(f"cannot write image {rel}: {exc.strerror or exc}") from None
+        return rel
+
+    def add(self, rec: NewRecord, image: bytes | None = None, suffix: str = ".jpg") -> int:
+        """Write the image (if any) durably, then the record; return the record's id.
+
+        Raises:
+            StoreError: the disk is full or the database cannot be written; nothing of
+                this record is left behind.
+        """
+        cells_text = cells_json(rec.cells)
+        with self._lock:
+            rel = self._write_image(image, suffix, rec.created_unix) if image else None
+            try:
+                cur = self.db.execute(
+                    """INSERT INTO results (created_at, created_unix, trigger, sample_id,
+                    outcome, p_leukemia, probabilities, retake_reasons, quality, timings_ms,
+                    error, model_name, model_version, model_sha256, image_path, image_sha256,
+                    image_bytes, cells) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                    (
+                        _iso(rec.created_unix),
+                        rec.created_unix,
+                        rec.trigger,
+                        rec.sample_id,
+                        rec.outcome,
+                        rec.p_leukemia,
+                        None if rec.probabilities is None else json.dumps(rec.probabilities),
+                        json.dumps(rec.retake_reasons),
+                        None if rec.quality is None else json.dumps(rec.quality),
+                        json.dumps(rec.timings_ms),
+                        rec.error,
+                        rec.model_name,
+                        rec.model_version,
+                        rec.model_sha256,
+                        None if rel is None else rel.as_posix(),
+                        None if image is None else sha256_bytes(image),
+                        None if image is None else len(image),
+                        cells_text,
+                    ),
+                )
+            except sqlite3.Error as exc:
+                if rel is not None:
+                    (self.images_dir / rel).unlink(missing_ok=True)
+                raise StoreError(f"cannot write the record: {exc}") from None
+            return int(cur.lastrowid or 0)
+
+    # --- reading (the status page reads through these too) --------------------------------
+
+    @staticmethod
+    def _row(row: sqlite3.Row) -> dict[str, Any]:
+        out = dict(row)
+        for key in JSON_COLUMNS:
+            if out.get(key) is not None:
+                out[key] = json.loads(out[key])
+        out["image_deleted"] = bool(out["image_deleted"])
+        return out
+
+    def get(self, record_id: int) -> dict[str, Any] | None:
+        """One record as a dict (JSON fields decoded), or None."""
+        with self._lock:
+            row = self.db.execute("SELECT * FROM results WHERE id = ?", (record_id,)).fetchone()
+        return None if row is None else self._row(row)
+
+    def recent(self, limit: int = 20, before_id: int | None = None) -> list[dict[str, Any]]:
+        """The newest records first, optionally only those older than `before_id`."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT * FROM results WHERE id < ? ORDER BY id DESC LIMIT ?",
+                (before_id if before_id is not None else 2**62, limit),
+            ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def image_file(self, record: dict[str, Any]) -> Path | None:
+        """The absolute path of a record's image, None if it has none or it was deleted."""
+        if not record.get("image_path") or record.get("image_deleted"):
+            return None
+        return self.images_dir / record["image_path"]
+
+    # --- retention and recovery -----------------------------------------------------------
+
+    def _delete_images(self, rows: list[sqlite3.Row]) -> int:
+        now = _iso(time.time())
+        for row in rows:
+            # Mark first, then unlink: a crash in between leaves an orphan file that
+            # recover() removes, never a record pointing to nothing.
+            self.db.execute(
+                "UPDATE results SET image_deleted = 1, image_deleted_at = ? WHERE id = ?",
+                (now, row["id"]),
+            )
+            (self.images_dir / row["image_path"]).unlink(missing_ok=True)
+        return len(rows)
+
+    def enforce_retention(self, max_age_days: float, min_free_bytes: int) -> int:
+        """Delete images older than `max_age_days`, then the oldest while space is short.
+
+        Records stay, marked image-deleted. Returns how many images were deleted.
+        """
+        deleted = 0
+        select = (
+            "SELECT id, image_path FROM results WHERE image_deleted = 0 AND image_path "
+            "IS NOT NULL {} ORDER BY created_unix, id LIMIT ?"
+        )
+        try:
+            with self._lock:
+                cutoff = time.time() - max_age_days * 86400.0
+                old = self.db.execute(
+                    select.format("AND created_unix < ?"), (cutoff, 10_000)
+                ).fetchall()
+                deleted += self._delete_images(old)
+                while free_bytes(self.images_dir) < min_free_bytes:
+                    batch = self.db.execute(select.format(""), (1,)).fetchall()
+                    if not batch:
+                        break
+                    deleted += self._delete_images(batch)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"retention failed: {exc}") from None
+        if deleted:
+            logger.info("retention deleted %d image(s); their records are kept", deleted)
+        return deleted
+
+    def recover(self) -> None:
+        """Remove what a crash can leave: temporary files and unreferenced images;
+        mark records whose image vanished (someone deleted it) as image-deleted.
+
+        A crash leaves at most one unreferenced image, so many of them mean the database
+        was replaced, and every image missing means the folder is not mounted: in both
+        cases nothing is deleted or marked, and the error says why.
+        """
+        tmp_removed = 0
+        for part in (self.images_dir / TMP_DIR).iterdir():
+            part.unlink(missing_ok=True)
+            tmp_removed += 1
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT id, image_path, image_deleted FROM results WHERE image_path IS NOT NULL"
+            ).fetchall()
+            live = {r["image_path"] for r in rows if not r["image_deleted"]}
+            orphans: list[Path] = []
+            for dirpath, dirnames, filenames in os.walk(self.images_dir):
+                if Path(dirpath) == self.images_dir:
+                    dirnames[:] = [d for d in dirnames if d != TMP_DIR]
+                for name in filenames:
+                    path = Path(dirpath) / name
+                    if path.relative_to(self.images_dir).as_posix() not in live:
+                        orphans.append(path)
+            missing = [
+                r
+                for r in rows
+                if not r["image_deleted"] and not (self.images_dir / r["image_path"]).exists()
+            ]
+            if len(orphans) > MAX_CRASH_ORPHANS:
+                logger.error(
+                    "store recovery: %d images in %s have no record (was the database "
+                    "replaced?); leaving them alone",
+                    len(orphans),
+                    self.images_dir,
+                )
+                orphans = []
+            if len(missing) > MAX_CRASH_ORPHANS and len(missing) == len(live):
+                logger.error(
+                    "store recovery: none of the %d recorded images is in %s (not mounted?); "
+                    "leaving the records alone",
+                    len(missing),
+                    self.images_dir,
+                )
+                missing = []
+            for path in orphans:
+                path.unlink(missing_ok=True)
+            self._delete_images(missing)
+        if tmp_removed or orphans or missing:
+            logger.warning(
+                "store recovery: removed %d partial and %d unreferenced image(s); "
+                "%d record(s) had lost their image",
+                tmp_removed,
+                len(orphans),
+                len(missing),
+            )
+
+    def integrity_ok(self) -> bool:
+        """PRAGMA integrity_check says ok."""
+        with self._lock:
+            return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+    def close(self) -> None:
+        """Checkpoint and close the database (idempotent)."""
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                logger.warning("could not checkpoint the WAL on close", exc_info=True)
+            db.close()

@@ -1,0 +1,191 @@
+"""Benchmark the cell analysis of a 5-megapixel still, stage by stage (prints figures; not a test).
+
+    python -m leukoscope.bench.cells --bundle CELLS_BUNDLE [--image PHOTO] [--threads 1]
+        [--runs 15] [--px-per-um SCALE] [--report report.md]
+    leukoscope bench-cells ...   (the same)
+
+The stages are the device's own (`cellmode.analyse_cells`, as `pipeline.analyse` runs it
+after the quality gate): scale from the red cells and white-cell detection, the crops
+(cut, white-balanced, filtered, normalised), one batched int8 inference of all crops,
+and the decision (slide features, score, boxes). The issue's budget, 300 ms median,
+is for those four; decoding the JPEG (at full size, as cells mode does) is printed
+beside them, and a total with it.
+
+Without --image the still is synthetic: 2592x1944 at 6 px/um (the scale of an ALL-IDB1
+photo) with about 50 white cells, a busy field.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leukoscope.analysis.detection import estimate_scale
+from leukoscope.bench.whole_field import jpeg_bytes, publish
+from leukoscope.core.errors import BundleError, ImageError
+from leukoscope.core.imageio import load_image
+from leukoscope.core.synthetic import make_smear
+from leukoscope.model.bundle import Bundle, load_bundle
+
+#: The issue's budget for the whole cell analysis of one still (ms, median).
+BUDGET_MS = 300.0
+#: The analysis stages, as `analyse_cells` times them.
+STAGES = ("detect", "crops", "inference", "decision")
+STAGE_NAMES = {
+    "detect": "scale from red cells + white-cell detection",
+    "crops": "crops (cut, white balance, filters, normalise)",
+    "inference": "inference, all crops in one batch",
+    "decision": "decision (features, score, boxes)",
+}
+
+
+def busy_still_jpeg(width: int = 2592, height: int = 1944, quality: int = 92) -> bytes:
+    """A synthetic 5 MP smear with many white cells (36 mature, 16 blasts), as JPEG bytes."""
+    img = make_smear(width, height, n_wbc=36, n_blasts=16, px_per_um=6.0, seed=5).image
+    return jpeg_bytes(img, quality)
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 2)
+
+
+def run_bench(
+    jpeg: bytes, bundle: Bundle, runs: int, *, px_per_um: float | None = None
+) -> dict[str, Any]:
+    """Time the cell analysis `runs` times (after one warm-up); medians per stage."""
+    rgb = load_image(jpeg)
+    first = bundle.analyse_cells(rgb, px_per_um=px_per_um)  # warm-up (allocates the batch)
+    if first.report is None or first.retake is not None:
+        raise ImageError(f"the bench photo is a retake ({first.retake}): nothing to time")
+    per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
+    totals, decodes, decodes_half, with_decode = [], [], [], []
+    half = (rgb.shape[1] // 2, rgb.shape[0] // 2)
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        image = load_image(jpeg)
+        t1 = time.perf_counter()
+        result = bundle.analyse_cells(image, px_per_um=px_per_um)
+        t2 = time.perf_counter()
+        decodes.append((t1 - t0) * 1000)
+        totals.append((t2 - t1) * 1000)
+        with_decode.append((t2 - t0) * 1000)
+        for s in STAGES:
+            per_stage[s].append(result.timings_ms.get(s, 0.0))
+        t0 = time.perf_counter()
+        load_image(jpeg, min_size=half)
+        decodes_half.append((time.perf_counter() - t0) * 1000)
+    scale_ms = []
+    if px_per_um is None:
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            estimate_scale(rgb)
+            scale_ms.append((time.perf_counter() - t0) * 1000)
+    report = first.report
+    total = _median(totals)
+    return {
+        "bundle": bundle.label,
+        "runtime": bundle.classifier.runtime,
+        "threads": bundle.classifier.num_threads,
+        "input": list(bundle.manifest.input_size),
+        "image_size": list(report.image_size),
+        "px_per_um": round(report.px_per_um, 3),
+        "scale_source": report.scale_source,
+        "n_found": report.n_found,
+        "n_classified": report.n_classified,
+        "runs": runs,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, numpy {np.__version__}",
+        "load_average": round(os.getloadavg()[0], 2),
+        "stages_ms": {s: _median(per_stage[s]) for s in STAGES},
+        "of_which_scale_ms": _median(scale_ms) if scale_ms else None,
+        "total_ms": total,
+        "decode_full_ms": _median(decodes),
+        "decode_half_ms": _median(decodes_half),
+        "total_with_decode_ms": _median(with_decode),
+        "budget_ms": BUDGET_MS,
+        "within_budget": total < BUDGET_MS,
+    }
+
+
+def format_report(r: dict[str, Any], image: str) -> str:
+    """The figures as Markdown."""
+    w, h = r["image_size"]
+    lines = [
+        "# leukoscope cell analysis bench",
+        "",
+        f"- image: {image}, {w}x{h} (decoded at full size); {r['px_per_um']} px/um "
+        f"({r['scale_source']}); {r['n_found']} white cells found, {r['n_classified']} classified",
+        f"- model: {r['bundle']}, input {r['input'][0]}x{r['input'][1]}, on {r['runtime']}, "
+        f"{r['threads']} thread(s)",
+        f"- machine: {r['machine']}; load average {r['load_average']} (other work skews "
+        f"timings); median of {r['runs']} runs",
+        "",
+        "| stage | median ms |",
+        "|---|---:|",
+    ]
+    for s in STAGES:
+        name = STAGE_NAMES[s]
+        if s == "inference":
+            name = f"inference, {r['n_classified']} crops in one batch, {r['threads']} thread(s)"
+        lines.append(f"| {name} | {r['stages_ms'][s]:.1f} |")
+    lines.append(f"| **total: cell analysis** | **{r['total_ms']:.1f}** |")
+    if r["of_which_scale_ms"] is not None:
+        lines.append(
+            f"| (of the first stage: scale from red cells) | {r['of_which_scale_ms']:.1f} |"
+        )
+    lines += [
+        f"| JPEG decode, full size (not in the budget) | {r['decode_full_ms']:.1f} |",
+        f"| (JPEG decode at half size, for comparison) | {r['decode_half_ms']:.1f} |",
+        f"| total with the full-size decode | {r['total_with_decode_ms']:.1f} |",
+        "",
+        f"{'within' if r['within_budget'] else 'OVER'} the {r['budget_ms']:.0f} ms budget "
+        "(cell analysis: detection, crops, batched int8 inference, decision)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def print_bench(
+    image: Path | None,
+    bundle_dir: Path,
+    threads: int,
+    runs: int,
+    *,
+    report: Path | None = None,
+    px_per_um: float | None = None,
+) -> int:
+    """Run the bench, print the figures as Markdown, and write them to `report` if given."""
+    jpeg: bytes | None = None
+    if image is not None:
+        load_image(image)  # refused by name: missing, empty, a pipe, not an image
+        jpeg = image.read_bytes()
+    if report is not None:  # an unusable --report path fails now, not after the runs
+        report.parent.mkdir(parents=True, exist_ok=True)
+    bundle = load_bundle(bundle_dir, num_threads=threads)
+    if bundle.manifest.analysis_mode != "cells":
+        raise BundleError(
+            f"{bundle_dir}: a {bundle.manifest.analysis_mode} bundle; bench-cells needs a "
+            "cells bundle"
+        )
+    if jpeg is None:
+        jpeg = busy_still_jpeg()
+    result = run_bench(jpeg, bundle, runs, px_per_um=px_per_um)
+    publish(format_report(result, str(image) if image else "synthetic still"), result, report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line (`python -m leukoscope.bench.cells`; `leukoscope bench-cells` is the same)."""
+    from leukoscope.cli import main as cli
+
+    return cli.main(["bench-cells", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""`leukoscope bench-daemon`: trigger-to-indicator time by stage and peak RSS of the real daemon.
+
+Runs `leukoscope run` as a child process on 5-megapixel replay stills (synthetic smears,
+JPEG, 2592x1944 like ALL-IDB1 and the Pi camera v1), with mock GPIO and no status page,
+triggers captures through the control socket one after another, and prints the median
+and 95th percentile of each stage as the daemon recorded them, and its peak RSS (VmHWM).
+The replay camera has no exposure, so the figures exclude the camera's own exposure.
+Figures, not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+from leukoscope.appliance.control import ControlError, request
+from leukoscope.core.synthetic import make_smear
+
+STILL_SIZE = (2592, 1944)
+STAGES = ("capture", "decode", "quality", "inference", "indicate", "trigger_to_indicator")
+TARGET_MEDIAN_MS = 150.0
+TARGET_RSS_MB = 250.0
+
+
+def _stills(folder: Path, n: int = 4) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        path = folder / f"still-{i}.jpg"
+        if not path.exists():
+            img = make_smear(*STILL_SIZE, n_wbc=6, n_blasts=6 * (i % 2), px_per_um=12.0, seed=i)
+            bgr = cv2.cvtColor(img.image, cv2.COLOR_RGB2BGR)
+            cv2.imwrite(str(path), bgr, [cv2.IMWRITE_JPEG_QUALITY, 92])
+
+
+def _config(work: Path, bundle: Path) -> Path:
+    cfg = work / "bench.toml"
+    cfg.write_text(
+        f'[paths]\nstate_dir = "{work / "state"}"\nbundle = "{bundle.absolute()}"\n'
+        f'[camera]\nbackend = "replay"\n[camera.replay]\nfolder = "{work / "stills"}"\n'
+        '[gpio]\npin_factory = "mock"\n[indicator]\nbeep = false\n'
+        '[retention]\nmin_free_mb = 10\n[daemon]\nlog_level = "warning"\n'
+        "[web]\nenabled = false\n"
+    )
+    return cfg
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def bench_daemon(bundle: Path, *, captures: int = 40, workdir: Path | None = None) -> int:
+    """Run the benchmark and print its figures; returns the exit code."""
+    with tempfile.TemporaryDirectory(prefix="leukoscope-bench-") as tmp:
+        work = Path(workdir or tmp)
+        print(f"generating {STILL_SIZE[0]}x{STILL_SIZE[1]} replay stills in {work / 'stills'}")
+        _stills(work / "stills")
+        cfg = _config(work, bundle)
+        sock = work / "state" / "control.sock"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "leukoscope.cli.main", "run", "--config", str(cfg)]
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if request(sock, {"cmd": "status"}, 2)["state"]["phase"] == "ready":
+                        break
+                except ControlError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    print("error: the daemon did not become ready", file=sys.stderr)
+                    return 1
+                time.sleep(0.1)
+            rows = []
+            for i in range(captures + 3):
+                reply = request(sock, {"cmd": "capture"}, 60)
+                if not reply.get("ok"):
+                    print(f"error: capture failed: {reply}", file=sys.stderr)
+                    return 1
+                if i >= 3:  # the first captures warm caches up
+                    rows.append(reply["result"])
+            rss = _peak_rss_mb(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    outcomes = sorted({r["outcome"] for r in rows})
+    print(
+        f"\n{len(rows)} captures of {STILL_SIZE[0]}x{STILL_SIZE[1]} JPEG stills, outcomes "
+        f"{outcomes}, model {rows[0]['model_name']} {rows[0]['model_version']}"
+    )
+    print(f"{'stage':24s}{'median ms':>12s}{'p95 ms':>10s}")
+    for stage in (*STAGES, "encode"):
+        vals = [float(r["timings_ms"].get(stage, 0.0)) for r in rows]
+        print(f"{stage:24s}{statistics.median(vals):12.1f}{_pct(vals, 0.95):10.1f}")
+    store = [float(r["store_ms"]) for r in rows]
+    print(
+        f"{'store (after indicator)':24s}{statistics.median(store):12.1f}{_pct(store, 0.95):10.1f}"
+    )
+    total = [float(r["timings_ms"]["trigger_to_indicator"]) for r in rows]
+    median = statistics.median(total)
+    print(
+        f"\ntrigger to indicator: median {median:.1f} ms (target < {TARGET_MEDIAN_MS:.0f}), "
+        f"p95 {_pct(total, 0.95):.1f} ms; peak RSS {rss:.0f} MB (target < {TARGET_RSS_MB:.0f})"
+    )
+    return 0

@@ -1,0 +1,212 @@
+"""Who may act: one salted password hash, login sessions, CSRF tokens and a login rate limit.
+
+The hash file holds one line, `scrypt$<n>$<r>$<p>$<salt>$<hash>` (base64), written by
+`leukoscope set-password` with mode 0600. It is read again when it changes, so a new
+password works (and old sessions end) without restarting the daemon.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+from leukoscope.core.errors import LeukoscopeError
+from leukoscope.core.fsutil import fsync_dir
+
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+SALT_BYTES = 16
+HASH_BYTES = 32
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_CHARS = 1024
+
+
+class PasswordFileError(LeukoscopeError, ValueError):
+    """The password hash file is unreadable or not in the expected format."""
+
+
+def hash_password(password: str, *, n: int = SCRYPT_N) -> str:
+    """The salted scrypt hash of a password, as one line for the hash file."""
+    salt = secrets.token_bytes(SALT_BYTES)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P, dklen=HASH_BYTES
+    )
+    b64 = base64.b64encode
+    return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """True if `password` matches a line made by `hash_password` (constant-time compare)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.strip().split("$")
+        if scheme != "scrypt":
+            raise ValueError(scheme)
+        want = base64.b64decode(digest, validate=True)
+        got = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt, validate=True),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(want),
+            maxmem=256 * 1024 * 1024,
+        )
+    except (ValueError, TypeError):
+        raise PasswordFileError("the password hash file is not in the expected format") from None
+    return hmac.compare_digest(got, want)
+
+
+def check_new_password(password: str) -> None:
+    """Refuse passwords that are too short or too long (ValueError)."""
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise ValueError(f"the password needs at least {MIN_PASSWORD_CHARS} characters")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise ValueError(f"the password may have at most {MAX_PASSWORD_CHARS} characters")
+    try:
+        password.encode()
+    except UnicodeEncodeError:  # stdin bytes that are not UTF-8 arrive as surrogates
+        raise ValueError("the password is not valid UTF-8 text") from None
+
+
+def write_password_file(path: Path, password: str) -> None:
+    """Hash `password` and write it to `path` atomically with mode 0600.
+
+    Run as root (`sudo leukoscope set-password`), the file is given to the owner of its
+    folder, the appliance's state folder, so the daemon's own user can read it.
+    """
+    check_new_password(password)
+    line = hash_password(password) + "\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        if os.geteuid() == 0:
+            folder = path.parent.stat()
+            os.fchown(fd, folder.st_uid, folder.st_gid)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+class PasswordFile:
+    """The configured hash file, re-read when its size or mtime changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._line: str | None = None
+
+    def current(self) -> str | None:
+        """The stored hash line, or None when no password has been set."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise PasswordFileError(f"cannot read {self.path}: {exc}") from None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if stamp != self._stamp:
+                try:
+                    self._line = self.path.read_text(encoding="ascii").strip() or None
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise PasswordFileError(f"cannot read {self.path}: {exc}") from None
+                self._stamp = stamp
+            return self._line
+
+    def is_set(self) -> bool:
+        """True once `leukoscope set-password` has written a hash."""
+        return self.current() is not None
+
+    def check(self, password: str) -> bool:
+        """True if `password` is the current one (False when none is set)."""
+        line = self.current()
+        return line is not None and verify_password(password, line)
+
+    def fingerprint(self) -> str | None:
+        """A short tag of the current hash: sessions made under another one are void."""
+        line = self.current()
+        return None if line is None else hashlib.sha256(line.encode()).hexdigest()[:16]
+
+
+class LoginLimiter:
+    """Failed logins allowed per client address (and in all) within a sliding window."""
+
+    def __init__(
+        self,
+        per_client: int = 5,
+        overall: int = 30,
+        window_s: float = 300.0,
+        max_clients: int = 4096,
+    ) -> None:
+        self.per_client = per_client
+        self.overall = overall
+        self.window_s = window_s
+        self.max_clients = max_clients
+        self._lock = threading.Lock()
+        self._clients: dict[str, deque[float]] = {}
+        self._all: deque[float] = deque()
+
+    def _prune(self, q: deque[float], now: float) -> None:
+        while q and q[0] <= now - self.window_s:
+            q.popleft()
+
+    def retry_after(self, client: str, now: float | None = None) -> int:
+        """Seconds until `client` may try again; 0 if it may try now."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._prune(self._all, now)
+            q = self._clients.get(client)
+            if q is not None:
+                self._prune(q, now)
+            waits = []
+            if q is not None and len(q) >= self.per_client:
+                waits.append(q[0] + self.window_s - now)
+            if len(self._all) >= self.overall:
+                waits.append(self._all[0] + self.window_s - now)
+            return max(1, int(max(waits)) + 1) if waits else 0
+
+    def failed(self, client: str, now: float | None = None) -> None:
+        """Count one failed attempt."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if client not in self._clients and len(self._clients) >= self.max_clients:
+                # Forget the quietest clients rather than grow without bound.
+                for key in [k for k, q in self._clients.items() if not q or q[-1] < now - 60]:
+                    del self._clients[key]
+                if len(self._clients) >= self.max_clients:
+                    self._clients.pop(next(iter(self._clients)))
+            self._clients.setdefault(client, deque()).append(now)
+            self._all.append(now)
+
+    def succeeded(self, client: str) -> None:
+        """Forget a client's failures after it logged in."""
+        with self._lock:
+            self._clients.pop(client, None)
+
+
+def new_csrf_token() -> str:
+    """A random token for one session's forms and API calls."""
+    return secrets.token_urlsafe(32)
+
+
+def tokens_equal(a: str | None, b: str | None) -> bool:
+    """Constant-time comparison that is False if either is missing."""
+    return bool(a) and bool(b) and hmac.compare_digest(str(a), str(b))

@@ -1,0 +1,418 @@
+"""The cell-mode training set: every detected white cell of every photo, as the device crops it.
+
+Crops are made only through `leukoscope.analysis.cells` (`select_cells` + `cell_crops`, default
+`CellSettings`: 24 um square, 128x128, white-balanced, the paper's filters), so the host
+trains on exactly what the device will feed the model. Photos keep the group and split of
+the whole-field model (`models/whole-field/split.csv`), so both modes are judged on the same
+slide-disjoint test photos; photos that split excludes stay out.
+
+Cell labels (1 blast, 0 other, -1 unknown) and where they come from (`kind`):
+
+- `xyc`: an ALL-IDB1 leukemia slide's detection matched to an annotated blast centroid
+  (within `MATCH_UM`); the crop is the matched detection's, as on the device. A centroid
+  no detection matches is cropped at the centroid itself (`xyc-centroid`).
+- `healthy-slide`: any detection on a healthy ALL-IDB1 slide (other white cells, and the
+  occasional platelet clump the detector keeps).
+- `all-idb2`: an ALL-IDB2 crop located on its ALL-IDB1 slide (`all-idb2-sources.csv`)
+  labels the detection at that position; crops not located, or with no detection there,
+  are counted and skipped.
+- `kaggle-photo`: every detection on a kaggle-all photo gets the photo's class
+  (benign -> other; early/pre/pro -> blast). This is label noise: a leukemia photo's
+  lymphocytes and neutrophils are called blasts.
+- `unknown` (-1): the other detections on ALL-IDB1 leukemia slides; not training labels,
+  but part of the photo's slide features.
+
+Scale: ALL-IDB1 photos use the red-cell ruler. kaggle-all's 224x224 photos mostly defeat
+it, so a calibrated kaggle scale (the median ruler value over kaggle TRAIN photos where it
+works) is used on photos where the ruler fails; each photo records which.
+
+    python -m leukoscope_tools.data.cells ../shared/data --out build/cells
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from leukoscope.analysis.cells import CellSettings, cell_crops, field_area_um2, select_cells
+from leukoscope.analysis.detection import Detection, WhiteCell, detect_white_cells, estimate_scale
+from leukoscope.analysis.preprocess import PreprocessParams
+from leukoscope.core.errors import ImageError
+from leukoscope.core.imageio import load_image
+from leukoscope_tools.evaluate.detection import MATCH_UM, match, read_xyc
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SPLIT = REPO / "models/whole-field/split.csv"
+DEFAULT_IDB2 = REPO / "models/reports/all-idb2-sources.csv"
+#: A located ALL-IDB2 crop: its template match scored at least this.
+IDB2_MIN_SCORE = 0.9
+#: Bump when the cache's content changes meaning.
+CACHE_VERSION = 1
+#: The cell model's preprocessing: crops cut at 128x128, then the paper's filters.
+PRE = PreprocessParams(resize=(128, 128), input_size=(128, 128))
+KAGGLE_BENIGN = "benign"
+
+PHOTO_FIELDS = [
+    "photo",
+    "path",
+    "source",
+    "label",
+    "cls",
+    "group",
+    "split",
+    "width",
+    "height",
+    "px_per_um",
+    "scale_source",
+    "n_detected",
+    "n_cells",
+    "area_um2",
+    "first",
+    "count",
+]
+CELL_FIELDS = ["photo", "x", "y", "area_um2", "clump", "y_cell", "kind", "detected"]
+
+
+@dataclass
+class PhotoRow:
+    """One photo (slide field) and where its crops lie in the crop array."""
+
+    photo: int
+    path: str
+    source: str
+    label: str  # "leukemia" or "normal" (the photo's label)
+    cls: str
+    group: str
+    split: str
+    width: int
+    height: int
+    px_per_um: float
+    scale_source: str  # "red-cells" or "calibrated"
+    n_detected: int  # white cells detected
+    n_cells: int  # of them, classified (select_cells, max_cells)
+    area_um2: float
+    first: int  # first crop row of this photo's detected cells
+    count: int  # crops of detected cells (= n_cells)
+
+
+@dataclass
+class CellRow:
+    """One crop: a detected cell (or an annotated centroid no detection matched)."""
+
+    photo: int
+    x: float
+    y: float
+    area_um2: float
+    clump: bool
+    y_cell: int  # 1 blast, 0 other, -1 unknown
+    kind: str
+    detected: bool  # False: an extra crop at an annotation, not one of the photo's cells
+
+
+@dataclass
+class CellSet:
+    """The cached set: crops (N x 128 x 128 x 3 uint8), their rows and the photos."""
+
+    crops: np.ndarray
+    cells: list[CellRow]
+    photos: list[PhotoRow]
+    summary: dict[str, object]
+
+    def column(self, name: str) -> np.ndarray:
+        """One CellRow field over all crops."""
+        return np.asarray([getattr(c, name) for c in self.cells])
+
+
+def read_split_table(path: Path) -> list[dict[str, str]]:
+    """The whole-field model's split rows (path, source, label, cls, group, split)."""
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def kaggle_label(cls: str) -> int:
+    """A kaggle-all photo's class as a (noisy) cell label: benign -> 0, else 1."""
+    return 0 if cls == KAGGLE_BENIGN else 1
+
+
+def label_idb1_cells(
+    detected: np.ndarray, blasts: np.ndarray, px_per_um: float, healthy: bool
+) -> tuple[np.ndarray, list[int]]:
+    """Cell labels of one ALL-IDB1 slide's detections and the centroids no detection matched.
+
+    Healthy slide: every detection is `other` (0). Leukemia slide: detections matched to an
+    annotated blast are 1, the rest unknown (-1).
+    """
+    if healthy:
+        return np.zeros(len(detected), np.int64), []
+    _, missed, used = match(blasts, detected.reshape(-1, 2), MATCH_UM * px_per_um)
+    return np.where(used, 1, -1).astype(np.int64), missed
+
+
+def read_idb2_sources(path: Path) -> list[dict[str, str]]:
+    """all-idb2-sources.csv rows: crop, label, slide, x, y, score."""
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def calibrate_kaggle(data: Path, rows: list[dict[str, str]]) -> tuple[float, dict[str, int]]:
+    """Median red-cell scale over kaggle-all TRAIN photos where the ruler works."""
+    values = []
+    tried = 0
+    for r in rows:
+        if r["source"] != "kaggle-all" or r["split"] != "train":
+            continue
+        tried += 1
+        try:
+            values.append(estimate_scale(load_image(data / r["path"])).px_per_um)
+        except ImageError:
+            continue
+    if not values:
+        raise ValueError("the red-cell ruler works on no kaggle-all training photo")
+    return float(np.median(values)), {"train_photos": tried, "ruler_worked": len(values)}
+
+
+def _crops(rgb: np.ndarray, cells: list[WhiteCell], det: Detection) -> np.ndarray:
+    return cell_crops(rgb, cells, det, CellSettings(), PRE)
+
+
+def build(
+    data: Path,
+    *,
+    split_path: Path = DEFAULT_SPLIT,
+    idb2_path: Path = DEFAULT_IDB2,
+    sources: tuple[str, ...] = ("all-idb1", "kaggle-all"),
+    limit: int = 0,
+) -> CellSet:
+    """Detect, label and crop every photo of `sources` in the split (limit: photos per source)."""
+    settings = CellSettings()
+    for source in sources:
+        if not (data / source).is_dir():
+            raise FileNotFoundError(f"{data / source}: no such folder (the data root?)")
+    table = [r for r in read_split_table(split_path) if r["source"] in sources]
+    excluded = Counter(r["source"] for r in table if r["split"] not in ("train", "val", "test"))
+    table = [r for r in table if r["split"] in ("train", "val", "test")]
+    if limit:
+        table = [r for s in sources for r in [t for t in table if t["source"] == s][:limit]]
+    summary: dict[str, object] = {"version": CACHE_VERSION, "excluded_photos": dict(excluded)}
+    kaggle_scale = None
+    if "kaggle-all" in sources:
+        kaggle_scale, info = calibrate_kaggle(data, table)
+        summary["kaggle_calibration"] = {**info, "px_per_um": round(kaggle_scale, 4)}
+        logger.info("kaggle-all calibrated scale %.3f px/um (%s)", kaggle_scale, info)
+    idb2 = read_idb2_sources(idb2_path) if "all-idb1" in sources else []
+    idb2_by_slide: dict[str, list[dict[str, str]]] = {}
+    for r in idb2:
+        if float(r["score"]) >= IDB2_MIN_SCORE:
+            idb2_by_slide.setdefault(r["slide"], []).append(r)
+    summary["all_idb2"] = {
+        "crops": len(idb2),
+        "unlocated": sum(float(r["score"]) < IDB2_MIN_SCORE for r in idb2),
+    }
+    idb2_stats: Counter[str] = Counter()
+    crops: list[np.ndarray] = []
+    cells: list[CellRow] = []
+    photos: list[PhotoRow] = []
+    scale_use: Counter[str] = Counter()
+    t0 = time.perf_counter()
+    n_crops = 0
+    for i, r in enumerate(table):
+        rgb = load_image(data / r["path"])
+        if r["source"] == "kaggle-all":
+            assert kaggle_scale is not None
+            det = detect_white_cells(rgb, default_px_per_um=kaggle_scale)
+        else:
+            det = detect_white_cells(rgb)
+        scale_source = "calibrated" if det.scale.source == "default" else det.scale.source
+        scale_use[f"{r['source']} {scale_source}"] += 1
+        chosen = select_cells(det.cells, settings.max_cells)
+        xy = np.array([(c.x, c.y) for c in chosen], np.float64).reshape(-1, 2)
+        stem = Path(r["path"]).stem
+        if r["source"] == "kaggle-all":
+            y_cells = np.full(len(chosen), kaggle_label(r["cls"]), np.int64)
+            kinds = ["kaggle-photo"] * len(chosen)
+            extra: list[WhiteCell] = []
+        else:
+            healthy = r["label"] == "normal"
+            blasts = read_xyc(data / "all-idb1" / "xyc" / f"{stem}.xyc")
+            y_cells, missed = label_idb1_cells(xy, blasts, det.scale.px_per_um, healthy)
+            kinds = [
+                "healthy-slide" if healthy else ("xyc" if v == 1 else "unknown") for v in y_cells
+            ]
+            radius = 4.0 * det.scale.px_per_um
+            extra = [
+                WhiteCell(float(blasts[k, 0]), float(blasts[k, 1]), np.pi * 16.0, radius)
+                for k in missed
+            ]
+            for s in idb2_by_slide.get(stem, []):
+                pos = np.array([[float(s["x"]), float(s["y"])]])
+                _, _, used = match(pos, xy, MATCH_UM * det.scale.px_per_um)
+                if not used.any():
+                    idb2_stats[f"{s['label']} no detection"] += 1
+                    continue
+                j = int(np.flatnonzero(used)[0])
+                want = 1 if s["label"] == "blast" else 0
+                if y_cells[j] == -1:
+                    y_cells[j], kinds[j] = want, "all-idb2"
+                    idb2_stats[f"{s['label']} new label"] += 1
+                elif y_cells[j] == want:
+                    idb2_stats[f"{s['label']} agrees"] += 1
+                else:
+                    idb2_stats[f"{s['label']} disagrees (kept {kinds[j]})"] += 1
+        c = _crops(rgb, chosen, det)
+        crops.append(c)
+        for cell, yv, kind in zip(chosen, y_cells, kinds, strict=True):
+            cells.append(
+                CellRow(len(photos), cell.x, cell.y, cell.area_um2, cell.clump, int(yv), kind, True)
+            )
+        if extra:
+            crops.append(_crops(rgb, extra, det))
+            for cell in extra:
+                cells.append(
+                    CellRow(
+                        len(photos), cell.x, cell.y, cell.area_um2, False, 1, "xyc-centroid", False
+                    )
+                )
+        photos.append(
+            PhotoRow(
+                photo=len(photos),
+                path=r["path"],
+                source=r["source"],
+                label=r["label"],
+                cls=r["cls"],
+                group=r["group"],
+                split=r["split"],
+                width=rgb.shape[1],
+                height=rgb.shape[0],
+                px_per_um=round(det.scale.px_per_um, 4),
+                scale_source=scale_source,
+                n_detected=len(det.cells),
+                n_cells=len(chosen),
+                area_um2=round(field_area_um2(rgb.shape, det.scale.px_per_um), 2),
+                first=n_crops,
+                count=len(chosen),
+            )
+        )
+        n_crops += len(chosen) + len(extra)
+        if (i + 1) % 250 == 0:
+            logger.info(
+                "%d/%d photos, %d crops, %.0f s",
+                i + 1,
+                len(table),
+                n_crops,
+                time.perf_counter() - t0,
+            )
+    summary["scale_use"] = dict(sorted(scale_use.items()))
+    summary["all_idb2"] = {**summary["all_idb2"], **dict(sorted(idb2_stats.items()))}  # type: ignore[dict-item]
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    arr = np.concatenate(crops) if crops else np.zeros((0, 128, 128, 3), np.uint8)
+    out = CellSet(arr, cells, photos, summary)
+    summary["label_counts"] = label_counts(out)
+    return out
+
+
+def label_counts(cs: CellSet) -> dict[str, int]:
+    """Crops per split, source, label kind and label."""
+    counts: Counter[str] = Counter()
+    for c in cs.cells:
+        p = cs.photos[c.photo]
+        counts[f"{p.split} {p.source} {c.kind} {c.y_cell}"] += 1
+    return dict(sorted(counts.items()))
+
+
+def save(cs: CellSet, out: Path) -> None:
+    """Write crops.npy, cells.csv, photos.csv and summary.json to `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "crops.npy", cs.crops)
+    for name, rows, fields in (
+        ("cells.csv", cs.cells, CELL_FIELDS),
+        ("photos.csv", cs.photos, PHOTO_FIELDS),
+    ):
+        with (out / name).open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            for row in rows:
+                w.writerow(asdict(row))
+    (out / "summary.json").write_text(json.dumps(cs.summary, indent=1) + "\n")
+
+
+def load(out: Path, *, mmap: bool = True) -> CellSet:
+    """Read a saved set (crops memory-mapped by default)."""
+    summary = json.loads((out / "summary.json").read_text())
+    if summary.get("version") != CACHE_VERSION:
+        raise ValueError(f"{out}: cache version {summary.get('version')} != {CACHE_VERSION}")
+    crops = np.load(out / "crops.npy", mmap_mode="r" if mmap else None)
+    with (out / "cells.csv").open(newline="") as f:
+        cells = [
+            CellRow(
+                int(r["photo"]),
+                float(r["x"]),
+                float(r["y"]),
+                float(r["area_um2"]),
+                r["clump"] == "True",
+                int(r["y_cell"]),
+                r["kind"],
+                r["detected"] == "True",
+            )
+            for r in csv.DictReader(f)
+        ]
+    with (out / "photos.csv").open(newline="") as f:
+        photos = []
+        for r in csv.DictReader(f):
+            photos.append(
+                PhotoRow(
+                    **{
+                        k: (
+                            int(v)
+                            if k
+                            in (
+                                "photo",
+                                "width",
+                                "height",
+                                "n_detected",
+                                "n_cells",
+                                "first",
+                                "count",
+                            )
+                            else float(v)
+                            if k in ("px_per_um", "area_um2")
+                            else v
+                        )
+                        for k, v in r.items()
+                    }  # type: ignore[arg-type]
+                )
+            )
+    if len(crops) != len(cells):
+        raise ValueError(f"{out}: {len(crops)} crops but {len(cells)} cell rows")
+    return CellSet(crops, cells, photos, summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build (or rebuild) the cached cell set and print its summary."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("build/cells"))
+    ap.add_argument("--limit", type=int, default=0, help="photos per source (a quick look)")
+    ap.add_argument(
+        "--split", type=Path, default=DEFAULT_SPLIT, help="the whole-field bundle's split.csv"
+    )
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cs = build(args.data, split_path=args.split, limit=args.limit)
+    save(cs, args.out)
+    print(json.dumps(cs.summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
