@@ -1,11 +1,11 @@
 """The appliance daemon: trigger -> still -> quality gate -> model -> indicator -> record.
 
-`leukoscope.app.run(config)` builds the parts and hands them to a `Daemon`. The work
-loop runs on the main thread and is the only thing that captures, classifies and writes;
-triggers (button, control socket, the status page) all go through `Daemon.request_capture()`, and a trigger
-while a capture is running is ignored, not queued. The answer is shown before its record
-is written (the fsyncs never delay it); if the write then fails, the indicator turns to
-the storage fault and the capture's reply says the result was not saved.
+`leukoscope.app.run(config)` builds the parts and hands them to a `Daemon`. The work loop
+runs on the main thread and is the only thing that captures, classifies and writes; triggers
+(button, control socket, the status page) all go through `Daemon.request_capture()`, and a
+trigger while a capture is running is ignored, not queued. The answer is shown before its
+record is written (the fsyncs never delay it); if the write then fails, the indicator turns
+to the storage fault and the capture's reply says the result was not saved.
 """
 
 from __future__ import annotations
