@@ -6,6 +6,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from gpiozero import Button
+from gpiozero.exc import GPIOZeroError
+from gpiozero.pins.mock import MockFactory
+from gpiozero.pins.native import NativeFactory
+
 from leukoscope.core.errors import GpioError
 
 logger = logging.getLogger(__name__)
@@ -22,20 +27,18 @@ def make_pin_factory(name: str) -> Any:
     """
     try:
         if name == "mock":
-            from gpiozero.pins.mock import MockFactory
-
             return MockFactory()
         if name == "lgpio":
+            # Hardware backend: imports lgpio, which exists only on a Pi.
             from gpiozero.pins.lgpio import LGPIOFactory
 
             return LGPIOFactory()
         if name == "rpigpio":
+            # Hardware backend: imports RPi.GPIO, which exists only on a Pi.
             from gpiozero.pins.rpigpio import RPiGPIOFactory
 
             return RPiGPIOFactory()
         if name == "native":
-            from gpiozero.pins.native import NativeFactory
-
             return NativeFactory()
     except Exception as exc:  # each library fails its own way (ImportError, OSError, ...)
         raise GpioError(f"gpio.pin_factory {name!r} cannot be used: {exc}") from None
@@ -53,8 +56,6 @@ class CaptureButton:
         Raises:
             GpioError: the pin cannot be claimed.
         """
-        from gpiozero import Button
-        from gpiozero.exc import GPIOZeroError
 
         try:
             self._button: Any = Button(

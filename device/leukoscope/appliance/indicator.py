@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from gpiozero import LED, Buzzer
+from gpiozero.exc import GPIOZeroError
+
 from leukoscope.analysis.decision import Verdict
 from leukoscope.core.errors import GpioError
 
@@ -130,8 +133,6 @@ class GpioIndicator:
         Raises:
             GpioError: a pin cannot be claimed.
         """
-        from gpiozero import LED, Buzzer
-        from gpiozero.exc import GPIOZeroError
 
         self._lock = threading.Lock()
         self._state = IndicatorState.OFF

@@ -13,12 +13,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from leukoscope.config import DEFAULT_CONFIG_PATH, config_path, load_config
 from leukoscope.core.errors import LeukoscopeError
-
-if TYPE_CHECKING:
-    from leukoscope.model.store import ModelStore
+from leukoscope.model.bundle import MANIFEST, load_bundle
+from leukoscope.model.store import (
+    ACTIVE,
+    PREVIOUS,
+    ModelStore,
+    ModelStoreError,
+    RolledBackError,
+    settings_from_config,
+)
 
 EXIT_ROLLED_BACK = 3
 
@@ -43,9 +49,6 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_model(args: argparse.Namespace) -> int:
     """Load the config and run one model subcommand."""
-    from leukoscope.config import DEFAULT_CONFIG_PATH, config_path, load_config
-    from leukoscope.model.store import ModelStore, ModelStoreError, settings_from_config
-
     if (
         args.config is not None
         and Path(args.config).absolute() != DEFAULT_CONFIG_PATH
@@ -76,8 +79,6 @@ def _short(sha: str) -> str:
 
 def cmd_list(store: ModelStore, as_json: bool) -> int:
     """Print the installed versions, which is active and previous, and what the daemon runs."""
-    from leukoscope.model.store import ACTIVE, PREVIOUS
-
     versions = store.list()
     status = store.daemon.status()
     running = None
@@ -116,8 +117,6 @@ def cmd_list(store: ModelStore, as_json: bool) -> int:
 
 def cmd_verify(store: ModelStore, targets: list[str]) -> int:
     """Re-check installed versions (all by default) or a bundle folder; 1 if any fails."""
-    from leukoscope.model.bundle import MANIFEST, load_bundle
-
     failed = 0
     for target in targets or [v.id for v in store.list()]:
         try:
@@ -139,8 +138,6 @@ def cmd_verify(store: ModelStore, targets: list[str]) -> int:
 
 def cmd_change(store: ModelStore, args: argparse.Namespace) -> int:
     """install, activate or rollback; a rollback by the daemon's refusal exits 3."""
-    from leukoscope.model.store import RolledBackError
-
     try:
         if args.model_command == "install":
             v = store.install(args.bundle, activate=args.activate, report=_print)
