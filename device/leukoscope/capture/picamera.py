@@ -28,6 +28,7 @@ class PiCamera:
     def open(self) -> None:
         """Find the camera, claim it and start it in still mode."""
         try:
+            # Hardware backend: picamera2 comes only from Raspberry Pi OS's apt.
             from picamera2 import Picamera2
         except ImportError as exc:
             raise CameraError(
@@ -58,6 +59,7 @@ class PiCamera:
 
     def check(self) -> None:
         """The camera must still be listed by libcamera."""
+        # Hardware backend: open() has already imported it, so this is a lookup.
         from picamera2 import Picamera2
 
         if self._cam is None or len(Picamera2.global_camera_info()) <= self.camera_num:
