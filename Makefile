@@ -7,13 +7,14 @@ PY := $(VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 RUN_DIR := .run
 # The laptop config: replay camera over $(RUN_DIR)/demo-images, mock GPIO, state in $(RUN_DIR)/state.
-RUN_CONFIG ?= device/configs/laptop.toml
+RUN_CONFIG ?= device/leukoscope/configs/laptop.toml
 
-.PHONY: run test lint typecheck unit test-np124 bench clean help system-deps
+.PHONY: run test quick lint typecheck unit test-np124 bench clean help system-deps
 
 help:
 	@echo "make run    - start the appliance on this machine (replay camera, mock GPIO, shipped model)"
 	@echo "make test   - lint, type checks and the whole test suite (numpy 2 and numpy 1.24)"
+	@echo "make quick  - lint, the import layers and the fast tests (a few minutes)"
 	@echo "make bench  - print speed and memory figures (not a test)"
 
 $(VENV)/.installed: pyproject.toml constraints/dev.txt
@@ -38,6 +39,7 @@ run: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check device tools tests
 	$(VENV)/bin/ruff format --check device tools tests
+	$(VENV)/bin/lint-imports
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy device/leukoscope tools/leukoscope_tools tests
@@ -61,6 +63,10 @@ test-np124: $(VENV)/.installed $(VENV_NP124)/.installed
 		$(VENV_NP124)/bin/pytest -m "not host" -p no:cacheprovider
 
 test: lint typecheck unit test-np124
+
+# Lint, the import layers and the tests that need neither the real data nor much time.
+quick: lint
+	$(VENV)/bin/pytest -q -m "not slow and not realdata"
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/leukoscope bench

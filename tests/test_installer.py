@@ -42,7 +42,7 @@ INSTALLED = {
     "etc/tmpfiles.d/leukoscope.conf": ("systemd/leukoscope.tmpfiles", 0o644),
     "etc/sudoers.d/leukoscope": ("systemd/leukoscope.sudoers", 0o440),
     "etc/systemd/journald.conf.d/leukoscope.conf": ("firmware_config/journald.conf", 0o644),
-    "etc/leukoscope/config.toml": ("device/configs/pi.toml", 0o644),
+    "etc/leukoscope/config.toml": ("device/leukoscope/configs/pi.toml", 0o644),
 }
 # The command on root's PATH: a link into the venv.
 COMMAND_LINK = ("usr/local/bin/leukoscope", "/opt/leukoscope/venv/bin/leukoscope")
@@ -61,7 +61,7 @@ def source(tmp_path: Path) -> Path:
     # Until the daemon's Pi config lands, a copy of the deployment files with a stand-in.
     src = tmp_path / "src"
     for rel in ["tools/install-pi.sh", "constraints/pi.txt", "pyproject.toml"] + [
-        f for f, _ in INSTALLED.values() if f != "device/configs/pi.toml"
+        f for f, _ in INSTALLED.values() if f != "device/leukoscope/configs/pi.toml"
     ]:
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, src / rel)

@@ -145,7 +145,7 @@ preflight() {
   local missing=()
   for f in systemd/leukoscope.service systemd/leukoscope.sysusers systemd/leukoscope.tmpfiles \
     systemd/leukoscope.sudoers firmware_config/config.txt firmware_config/journald.conf \
-    device/configs/pi.toml constraints/pi.txt pyproject.toml; do
+    device/leukoscope/configs/pi.toml constraints/pi.txt pyproject.toml; do
     [ -f "$SRC/$f" ] || missing+=("$f")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -231,7 +231,7 @@ install_command() {
 
 install_config() {
   step "Config $CONFIG (an existing one is kept)"
-  keep "$SRC/device/configs/pi.toml" "$CONFIG" 644
+  keep "$SRC/device/leukoscope/configs/pi.toml" "$CONFIG" 644
 }
 
 install_model() {
