@@ -30,6 +30,14 @@ import numpy as np
 from leukoscope.analysis.cells import normalise
 from leukoscope_tools.data.cells import PRE, CellSet, load
 from leukoscope_tools.evaluate.metrics import roc_auc
+from leukoscope_tools.train.loop import (
+    Batch,
+    Validation,
+    new_model,
+    sqrt_balanced_weights,
+    train_loop,
+)
+from leukoscope_tools.train.models import inference_copy
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +90,9 @@ def cell_weights(cs: CellSet, idx: np.ndarray) -> np.ndarray:
     Blasts and other cells weigh the same within a source, and a small source is not
     drowned by a large one (nor allowed to dominate it). Normalised to mean 1.
     """
-    keys = [(cs.photos[cs.cells[i].photo].source, cs.cells[i].y_cell) for i in idx]
-    counts = Counter(keys)
-    w = np.array([1.0 / np.sqrt(counts[k]) for k in keys])
-    return (w / w.mean()).astype(np.float32) if len(w) else w.astype(np.float32)
+    return sqrt_balanced_weights(
+        [(cs.photos[cs.cells[i].photo].source, cs.cells[i].y_cell) for i in idx]
+    )
 
 
 def symmetries(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -136,10 +143,6 @@ class CellRun:
 
 def fit(cs: CellSet, cfg: CellTrainConfig) -> CellRun:
     """Train one seed on `cfg.train_sources`' train crops; early-stop on val crop AUC."""
-    import keras
-
-    from leukoscope_tools.train.models import build_model, inference_copy
-
     tr = select(cs, "train", cfg.train_sources, cfg.kaggle_per_photo, cfg.seed)
     va = select(cs, "val", cfg.train_sources, cfg.kaggle_per_photo, cfg.seed + 1000)
     rng = np.random.default_rng(cfg.seed)
@@ -160,61 +163,45 @@ def fit(cs: CellSet, cfg: CellTrainConfig) -> CellRun:
         )
     }
     logger.info("crops: %s", counts)
-    keras.utils.set_random_seed(cfg.seed)
-    model = build_model("thanh")
-    model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy"
-    )
-    history: dict[str, list[float]] = {"loss": [], "val_auc": [], "seconds": []}
-    best, best_epoch, best_weights, waited = -1.0, -1, model.get_weights(), 0
-    t0 = time.perf_counter()
-    for epoch in range(cfg.max_epochs):
-        te = time.perf_counter()
+    model = new_model("thanh", cfg.seed, cfg.learning_rate, "sparse_categorical_crossentropy")
+
+    def draw(epoch: int) -> Batch:
         n = len(tr)
         pick = rng.permutation(n)[: cfg.epoch_size] if 0 < cfg.epoch_size < n else np.arange(n)
         xb = symmetries(np.asarray(cs.crops[tr[pick]]), rng)
         xb = lower_magnification(xb, rng, cfg.lowmag, cfg.lowmag_px_per_um)
-        h = model.fit(
-            normalise(xb, PRE),
-            y_tr[pick],
-            sample_weight=w_tr[pick],
-            batch_size=cfg.batch_size,
-            epochs=1,
-            verbose=0,
-            shuffle=True,
-        )
-        pv = predict(model, x_va)
+        return Batch(normalise(xb, PRE), y_tr[pick], w_tr[pick])
+
+    def validate(m: Any) -> Validation:
+        pv = predict(m, x_va)
         per_source = {s: roc_auc(y_va[src_va == s], pv[src_va == s]) for s in sorted(set(src_va))}
         found = [a for a in per_source.values() if a is not None]
         # Each source counts the same: pooled, kaggle-all's noisy photo labels would decide.
         auc = float(np.mean(found)) if found else None
-        history["loss"].append(float(h.history["loss"][-1]))
-        history["val_auc"].append(float("nan") if auc is None else auc)
+        record = {"val_auc": float("nan") if auc is None else auc}
         for s, a in per_source.items():
-            history.setdefault(f"val_auc {s}", []).append(float("nan") if a is None else a)
-        history["seconds"].append(round(time.perf_counter() - te, 1))
-        logger.info(
-            "seed %d epoch %d: loss %.4f val crop AUC %s (%.0f s)",
-            cfg.seed,
-            epoch + 1,
-            history["loss"][-1],
-            auc,
-            history["seconds"][-1],
-        )
-        score = -1.0 if auc is None else auc
-        if score > best:
-            best, best_epoch, best_weights, waited = score, epoch, model.get_weights(), 0
-        else:
-            waited += 1
-            if waited >= cfg.patience:
-                break
-    model.set_weights(best_weights)
+            record[f"val_auc {s}"] = float("nan") if a is None else a
+        return Validation(-1.0 if auc is None else auc, record)
+
+    run = train_loop(
+        model,
+        draw,
+        validate,
+        max_epochs=cfg.max_epochs,
+        patience=cfg.patience,
+        batch_size=cfg.batch_size,
+        name=f"cells seed {cfg.seed}",
+    )
+    # run.json's history keys in their usual order: loss, val_auc, seconds, per source.
+    history: dict[str, list[float]] = {"loss": [], "val_auc": [], "seconds": run.epoch_seconds}
+    history |= run.history
+    best = run.best_epoch
     return CellRun(
         inference_copy(model, "thanh"),
         history,
-        best_epoch + 1,
-        history["val_auc"][best_epoch] if best_epoch >= 0 else None,
-        time.perf_counter() - t0,
+        best + 1,
+        history["val_auc"][best] if best >= 0 else None,
+        run.seconds,
         counts,
     )
 

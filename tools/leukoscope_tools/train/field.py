@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
-from tqdm import tqdm
 
 from leukoscope_tools.data.arrays import labels_of, load_uint8, normalise
 from leukoscope_tools.data.augment import augment_split
 from leukoscope_tools.data.photos import Row, select
 from leukoscope_tools.evaluate.metrics import roc_auc
-from leukoscope_tools.train.models import ARCHS, build_model, inference_copy
+from leukoscope_tools.train.loop import (
+    Batch,
+    Validation,
+    new_model,
+    sqrt_balanced_weights,
+    train_loop,
+)
+from leukoscope_tools.train.models import ARCHS, inference_copy
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +52,7 @@ def sample_weights(rows: Sequence[Row]) -> np.ndarray:
     size: equal weights would let 3,000 kaggle-all photos drown 40 ALL-IDB1 fields, and
     equal cells would let 20 photos dominate. Normalised to mean 1.
     """
-    counts = Counter((r.source, r.label) for r in rows)
-    w = np.array([1.0 / np.sqrt(counts[(r.source, r.label)]) for r in rows])
-    return (w / w.mean()).astype(np.float32)
+    return sqrt_balanced_weights([(r.source, r.label) for r in rows])
 
 
 def positive_prob(model: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -87,73 +90,47 @@ def fit(
     Each epoch draws `epoch_size` training images, augments them afresh (seeded by
     seed and epoch), and then scores the untouched validation images.
     """
-    import keras
-
     spec = ARCHS[cfg.arch]
     params = spec.params
-    keras.utils.set_random_seed(cfg.seed)
-    model = build_model(cfg.arch)
-    lr = cfg.learning_rate or spec.learning_rate
     loss = "binary_crossentropy" if spec.sigmoid else "sparse_categorical_crossentropy"
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
+    model = new_model(cfg.arch, cfg.seed, cfg.learning_rate or spec.learning_rate, loss)
     xv = normalise(x_val, params)
     rng = np.random.default_rng(cfg.seed)
-    history: dict[str, list[float]] = {"loss": [], "val_loss": [], "val_auc": []}
-    best_auc, best_epoch, best_weights, waited = -1.0, -1, model.get_weights(), 0
-    t0 = time.perf_counter()
-    bar = tqdm(
-        range(cfg.max_epochs),
-        desc=f"{cfg.arch} seed {cfg.seed}",
-        disable=not progress,
-        unit="epoch",
-    )
-    for epoch in bar:
+
+    def draw(epoch: int) -> Batch:
         n = len(x_train)
         idx = rng.permutation(n)[: cfg.epoch_size] if 0 < cfg.epoch_size < n else np.arange(n)
         xb = x_train[idx]
         if cfg.augment:
             xb = augment_split(xb, "train", cfg.seed, epoch)
         yb = y_train[idx].astype(np.float32 if spec.sigmoid else np.int64)
-        h = model.fit(
-            normalise(xb, params),
-            yb,
-            sample_weight=w_train[idx],
-            batch_size=cfg.batch_size,
-            epochs=1,
-            verbose=0,
-            shuffle=True,
-        )
-        pv = positive_prob(model, xv)
+        return Batch(normalise(xb, params), yb, w_train[idx])
+
+    def validate(m: Any) -> Validation:
+        pv = positive_prob(m, xv)
         eps = 1e-7
         val_loss = float(-np.mean(y_val * np.log(pv + eps) + (1 - y_val) * np.log(1 - pv + eps)))
         auc = roc_auc(y_val, pv)
-        history["loss"].append(float(h.history["loss"][-1]))
-        history["val_loss"].append(val_loss)
-        history["val_auc"].append(float("nan") if auc is None else auc)
-        score = -val_loss if auc is None else auc
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", val_auc=f"{auc or 0:.3f}")
-        logger.info(
-            "epoch %d: loss %.4f val_loss %.4f val_auc %s",
-            epoch + 1,
-            history["loss"][-1],
-            val_loss,
-            auc,
-        )
-        if score > best_auc:
-            best_auc, best_epoch, best_weights, waited = score, epoch, model.get_weights(), 0
-        else:
-            waited += 1
-            if waited >= cfg.patience:
-                logger.info("early stop after epoch %d (best %d)", epoch + 1, best_epoch + 1)
-                break
-    model.set_weights(best_weights)
-    best_val_auc = history["val_auc"][best_epoch] if best_epoch >= 0 else None
+        record = {"val_loss": val_loss, "val_auc": float("nan") if auc is None else auc}
+        return Validation(-val_loss if auc is None else auc, record)
+
+    run = train_loop(
+        model,
+        draw,
+        validate,
+        max_epochs=cfg.max_epochs,
+        patience=cfg.patience,
+        batch_size=cfg.batch_size,
+        name=f"{cfg.arch} seed {cfg.seed}",
+        progress=progress,
+    )
+    best = run.best_epoch
     return TrainResult(
         inference_copy(model, cfg.arch),
-        history,
-        best_epoch + 1,
-        best_val_auc,
-        time.perf_counter() - t0,
+        run.history,
+        best + 1,
+        run.history["val_auc"][best] if best >= 0 else None,
+        run.seconds,
     )
 
 
@@ -216,8 +193,6 @@ def save_run(
 
 def load_run(run_dir: Path) -> tuple[Any, dict[str, Any], dict[str, list[float]]]:
     """A saved run's model, run.json and history."""
-    import keras
-
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
     run = json.loads((run_dir / "run.json").read_text())
     history = json.loads((run_dir / "history.json").read_text())
