@@ -7,6 +7,7 @@ import logging
 from collections.abc import Mapping
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from leukoscope_tools.evaluate.metrics import roc_auc, roc_curve
 
@@ -16,28 +17,17 @@ logger = logging.getLogger(__name__)
 DPI = 80
 
 
-def _png(fig: object) -> bytes:
-    import matplotlib.pyplot as plt
-
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")  # type: ignore[attr-defined]
-    plt.close(fig)  # type: ignore[arg-type]
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     return buf.getvalue()
-
-
-def _plt():  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def training_curves(histories: Mapping[str, Mapping[str, list[float]]]) -> bytes:
     """Training loss, validation loss and validation AUC per epoch, one line per run."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    # A bare Figure (no pyplot): no global figure list, no GUI backend, nothing to close.
+    fig = Figure(figsize=(8, 3))
+    axes = fig.subplots(1, 2)
     for name, h in histories.items():
         epochs = np.arange(1, len(h["loss"]) + 1)
         line = axes[0].plot(epochs, h["loss"], label=f"{name} train")[0]
@@ -51,9 +41,9 @@ def training_curves(histories: Mapping[str, Mapping[str, list[float]]]) -> bytes
 
 def confusion(cm: Mapping[str, int], title: str) -> bytes:
     """A 2x2 confusion matrix with counts."""
-    plt = _plt()
     m = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
-    fig, ax = plt.subplots(figsize=(3.2, 2.8))
+    fig = Figure(figsize=(3.2, 2.8))
+    ax = fig.subplots()
     ax.imshow(m, cmap="Blues")
     for (i, j), v in np.ndenumerate(m):
         ax.text(
@@ -74,8 +64,8 @@ def confusion(cm: Mapping[str, int], title: str) -> bytes:
 
 def roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str) -> bytes:
     """ROC curves of several (labels, probabilities) sets on one plot."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    fig = Figure(figsize=(3.8, 3.4))
+    ax = fig.subplots()
     for name, (y, p) in curves.items():
         if len(set(np.asarray(y).tolist())) < 2:
             continue
@@ -90,8 +80,8 @@ def roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str) -> byte
 
 def bars(values: Mapping[str, tuple[float, float]], title: str, ylabel: str) -> bytes:
     """Bars of mean with an error bar of spread (e.g. over seeds)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig = Figure(figsize=(5, 3))
+    ax = fig.subplots()
     names = list(values)
     ax.bar(names, [values[n][0] for n in names], yerr=[values[n][1] for n in names], capsize=3)
     ax.set(ylabel=ylabel, title=title, ylim=(0, 1))

@@ -21,6 +21,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import tensorflow as tf
 
 from leukoscope.analysis.cells import CellSettings, analyse_cells
 from leukoscope.analysis.decision import Thresholds
@@ -55,8 +56,6 @@ def to_int8_tflite(
             (input shape signature [-1, h, w, c], reported as [1, h, w, c]), which a cells
             bundle needs so the device classifies all of a field's crops in one invoke.
     """
-    import tensorflow as tf
-
     shape = tuple(int(d) for d in model.input_shape[1:])
     samples = [np.asarray(x, np.float32) for x in representative]
     if not samples:
@@ -84,18 +83,25 @@ def to_int8_tflite(
         return bytes(converter.convert())
 
 
-def golden_images(count: int = 4, *, seed: int = 7) -> dict[str, bytes]:
-    """Small synthetic fields (half with blasts) as PNG bytes, named golden/NN-kind.png."""
+def _synthetic_pngs(
+    count: int, seed: int, size: tuple[int, int], n_wbc: int, px_per_um: float, stem: str
+) -> dict[str, bytes]:
+    """`count` synthetic smears (three blasts in every other one) as golden/NN-stem-kind.png."""
     out = {}
     for i in range(count):
         blasts = 3 if i % 2 else 0
-        smear = make_smear(320, 240, n_wbc=2, n_blasts=blasts, px_per_um=3.0, seed=seed + i)
+        smear = make_smear(*size, n_wbc=n_wbc, n_blasts=blasts, px_per_um=px_per_um, seed=seed + i)
         ok, png = cv2.imencode(".png", cv2.cvtColor(smear.image, cv2.COLOR_RGB2BGR))
         if not ok:
             raise RuntimeError("PNG encoding failed")
         kind = "blasts" if blasts else "normal"
-        out[f"golden/{i:02d}-synthetic-{kind}.png"] = png.tobytes()
+        out[f"golden/{i:02d}-{stem}-{kind}.png"] = png.tobytes()
     return out
+
+
+def golden_images(count: int = 4, *, seed: int = 7) -> dict[str, bytes]:
+    """Small synthetic fields (half with blasts) as PNG bytes, named golden/NN-kind.png."""
+    return _synthetic_pngs(count, seed, (320, 240), 2, 3.0, "synthetic")
 
 
 def _p_leukemia(
@@ -133,16 +139,9 @@ def write_bundle(
     The bundle is assembled in a temporary sibling folder and renamed into place, so a
     crash never leaves a half-written bundle at `out_dir`.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    out_dir = _target(out_dir, overwrite)
     files: dict[str, bytes] = {MODEL_FILE: tflite, **golden_images(), **(extra_files or {})}
-    classifier = TFLiteClassifier(tflite)
-    width, height = params.input_size
-    want = (1, height, width, 3)
-    if classifier.input_shape != want:
-        raise ValueError(f"model input {classifier.input_shape} != preprocess input {want}")
+    classifier = _classifier_for(tflite, params)
     cases = [
         GoldenCase(rel, round(_p_leukemia(classifier, data, params, labels, positive_label), 6))
         for rel, data in files.items()
@@ -173,16 +172,7 @@ def golden_smears(count: int = 4, *, seed: int = 7) -> dict[str, bytes]:
     400x300 at 4 px/um: enough red cells to measure the scale, three white cells each
     (plus three blasts in every other one), so every case passes `min_cells` <= 3.
     """
-    out = {}
-    for i in range(count):
-        blasts = 3 if i % 2 else 0
-        smear = make_smear(400, 300, n_wbc=3, n_blasts=blasts, px_per_um=4.0, seed=seed + i)
-        ok, png = cv2.imencode(".png", cv2.cvtColor(smear.image, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise RuntimeError("PNG encoding failed")
-        kind = "blasts" if blasts else "normal"
-        out[f"golden/{i:02d}-synthetic-smear-{kind}.png"] = png.tobytes()
-    return out
+    return _synthetic_pngs(count, seed, (400, 300), 3, 4.0, "synthetic-smear")
 
 
 def _cell_labels(labels: list[str], positive_label: str, n_out: int) -> int:
@@ -231,14 +221,12 @@ def write_cells_bundle(
         golden_count: how many golden smears (`golden_smears()`) to record.
 
     The golden slide scores are computed here by the device's own cell analysis
-    (`cellmode.analyse_cells` with this runtime), on synthetic smears whose scale is
-    measured from their red cells. Raises ValueError when the model or the settings do
-    not fit (fixed batch, wrong input size, a golden smear that would be a retake).
+    (`leukoscope.analysis.cells.analyse_cells` with this runtime), on synthetic smears
+    whose scale is measured from their red cells. Raises ValueError when the model or the
+    settings do not fit (fixed batch, wrong input size, a golden smear that would be a
+    retake).
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    out_dir = _target(out_dir, overwrite)
     labels = list(labels)
     width, height = params.input_size
     if params.resize != params.input_size or width != height:
@@ -246,10 +234,7 @@ def write_cells_bundle(
             f"cells mode needs square crops with resize == input size, got resize "
             f"{params.resize}, input {params.input_size}"
         )
-    classifier = TFLiteClassifier(tflite)
-    want = (1, height, width, 3)
-    if classifier.input_shape != want:
-        raise ValueError(f"model input {classifier.input_shape} != preprocess input {want}")
+    classifier = _classifier_for(tflite, params)
     if not classifier.dynamic_batch:
         raise ValueError("a cells bundle needs a dynamic batch: to_int8_tflite(..., batch=None)")
     column = _cell_labels(labels, positive_label, classifier.num_outputs)
@@ -285,6 +270,25 @@ def write_cells_bundle(
     return out_dir
 
 
+def _target(out_dir: Path, overwrite: bool) -> Path:
+    """The bundle folder to write, refused if it exists and may not be replaced."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} exists (pass overwrite=True to replace it)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _classifier_for(tflite: bytes, params: PreprocessParams) -> TFLiteClassifier:
+    """The model loaded in the device's runtime, refused if its input is not `params`'."""
+    classifier = TFLiteClassifier(tflite)
+    width, height = params.input_size
+    want = (1, height, width, 3)
+    if classifier.input_shape != want:
+        raise ValueError(f"model input {classifier.input_shape} != preprocess input {want}")
+    return classifier
+
+
 def _manifest(
     mode: str,
     *,
@@ -301,7 +305,7 @@ def _manifest(
     metrics: dict[str, Any],
     cells: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A manifest (schema in leukoscope.model.bundle) for the given files and golden cases."""
+    """A manifest (schema in leukoscope.model.manifest) for the given files and golden cases."""
     width, height = params.input_size
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,

@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import keras
+
 from leukoscope.analysis.preprocess import PreprocessParams
 
 logger = logging.getLogger(__name__)
@@ -96,8 +98,6 @@ _BUILDERS = {"basic-cnn": _basic_cnn, "alexnet": _alexnet, "thanh": _thanh}
 
 def build_model(arch: str, *, dropout: bool = True) -> Any:
     """A fresh Keras model of one of the paper's architectures (weights from Keras's seed)."""
-    import keras
-
     spec = ARCHS[arch]
     w, h = spec.input_size
     return keras.Sequential([keras.Input((h, w, 3)), *_BUILDERS[arch](keras, dropout)], name=arch)
