@@ -1,4 +1,5 @@
-"""Helpers for daemon tests: replay images with known answers, configs, the daemon process."""
+"""Helpers for daemon tests: replay images with known answers, configs, the daemon in a
+process of its own or in the test's process."""
 
 from __future__ import annotations
 
@@ -9,16 +10,26 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from gpiozero.pins.mock import MockFactory
 
 from leukoscope.appliance.control import ControlError, request
-from leukoscope.config import load_config
+from leukoscope.appliance.daemon import Daemon
+from leukoscope.appliance.gpio import CaptureButton
+from leukoscope.appliance.indicator import GpioIndicator
+from leukoscope.appliance.records import Store
+from leukoscope.appliance.sdnotify import Notifier
+from leukoscope.capture.backends import open_backend
+from leukoscope.capture.owner import CameraOwner
+from leukoscope.config import Config, load_config
 from leukoscope.core.synthetic import make_smear
+from leukoscope.model.bundle import Bundle
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -174,3 +185,48 @@ class DaemonProcess:
         self.proc.kill()
         self.proc.wait()
         self._reader.join(5.0)
+
+
+@contextmanager
+def daemon_in_process(cfg: Config, bundle: Bundle, *, button: bool = False) -> Iterator[Daemon]:
+    """The real Daemon in this process: MockFactory pins, the configured (replay) camera, a
+    record store, and its work loop on a thread; with `button`, the real gpiozero button
+    wired to it. Everything is stopped and closed in reverse order on exit.
+    """
+    with ExitStack() as stack:
+        factory = MockFactory()
+        stack.callback(factory.close)
+        indicator = GpioIndicator(
+            green=cfg.gpio.led_green,
+            amber=cfg.gpio.led_amber,
+            red=cfg.gpio.led_red,
+            buzzer=cfg.gpio.buzzer,
+            pin_factory=factory,
+        )
+        stack.callback(indicator.close)
+        store = Store(cfg.paths.database, cfg.paths.images_dir)
+        stack.callback(store.close)
+        camera = CameraOwner(open_backend(cfg.camera), cfg.camera)
+        stack.callback(camera.close)
+        daemon = Daemon(
+            cfg,
+            notifier=Notifier({}),
+            indicator=indicator,
+            store=store,
+            bundle=bundle,
+            camera=camera,
+            pin_factory=factory,
+        )
+        if button:
+            press = CaptureButton(
+                cfg.gpio.button,
+                bounce_ms=cfg.gpio.bounce_ms,
+                pin_factory=factory,
+                on_press=daemon.on_button,
+            )
+            stack.callback(press.close)
+        loop = threading.Thread(target=daemon.serve)
+        loop.start()
+        stack.callback(loop.join, 30)
+        stack.callback(daemon.stop)
+        yield daemon

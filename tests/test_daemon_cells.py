@@ -17,9 +17,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from leukoscope.appliance.daemon import Daemon, NotReadyError
+from leukoscope.config import WebConfig, load_config
 from leukoscope.core.synthetic import make_smear
+from leukoscope.web import create_app
+from leukoscope.web.auth import write_password_file
+from leukoscope.web.daemon_source import DaemonSource
 from leukoscope.web.reasons import RETAKE_REASONS
-from tests.daemon_helpers import daemon_config, write_rgb
+from tests.daemon_helpers import daemon_config, daemon_in_process, write_rgb
 from tests.test_cell_analysis import fake_bundle
 
 #: The replay camera's fields, in the order it serves them.
@@ -31,18 +36,8 @@ FIELDS: dict[str, dict[str, Any]] = {
 
 
 @contextmanager
-def cells_daemon(tmp_path: Path, **camera: Any) -> Iterator[Any]:
+def cells_daemon(tmp_path: Path, **camera: Any) -> Iterator[Daemon]:
     """A running Daemon over FIELDS with a stand-in cells bundle; yields the daemon."""
-    from gpiozero.pins.mock import MockFactory
-
-    from leukoscope.appliance.daemon import Daemon
-    from leukoscope.appliance.indicator import GpioIndicator
-    from leukoscope.appliance.records import Store
-    from leukoscope.appliance.sdnotify import Notifier
-    from leukoscope.capture.backends import open_backend
-    from leukoscope.capture.owner import CameraOwner
-    from leukoscope.config import load_config
-
     for i, (name, kw) in enumerate(FIELDS.items()):
         write_rgb(tmp_path / "replay" / f"{i:02d}-{name}.png", make_smear(400, 300, **kw).image)
     # The gate has its own tests; a field without red cells must reach cell analysis here.
@@ -55,43 +50,13 @@ def cells_daemon(tmp_path: Path, **camera: Any) -> Iterator[Any]:
             camera=camera,
         )
     )
-    factory = MockFactory()
-    indicator = GpioIndicator(
-        green=cfg.gpio.led_green,
-        amber=cfg.gpio.led_amber,
-        red=cfg.gpio.led_red,
-        buzzer=cfg.gpio.buzzer,
-        pin_factory=factory,
-    )
-    store = Store(cfg.paths.database, cfg.paths.images_dir)
-    camera_owner = CameraOwner(open_backend(cfg.camera), cfg.camera)
     bundle, _ = fake_bundle()
-    daemon = Daemon(
-        cfg,
-        notifier=Notifier({}),
-        indicator=indicator,
-        store=store,
-        bundle=bundle,
-        camera=camera_owner,
-        pin_factory=factory,
-    )
-    loop = threading.Thread(target=daemon.serve)
-    loop.start()
-    try:
+    with daemon_in_process(cfg, bundle) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
-        loop.join(30)
-        camera_owner.close()
-        store.close()
-        indicator.close()
-        factory.close()
 
 
-def capture(daemon: Any) -> dict[str, Any]:
+def capture(daemon: Daemon) -> dict[str, Any]:
     """One capture through the daemon's own path, once it is ready for one."""
-    from leukoscope.appliance.daemon import NotReadyError
-
     ticket = None
     for _ in range(500):  # until the camera is up and the last capture has finished
         try:
@@ -109,14 +74,14 @@ def capture(daemon: Any) -> dict[str, Any]:
 def test_the_daemon_records_each_photo_cells_and_why_it_wants_a_retake(tmp_path: Path) -> None:
     with cells_daemon(tmp_path) as daemon:
         judged, no_white, no_scale = (capture(daemon) for _ in FIELDS)
-        stored = {r["id"]: r for r in daemon.store.recent()}
+        stored = daemon.store.reader.get(judged["id"])
 
         cells = judged["cells"]
         assert judged["outcome"] in ("no-leukemia-suspected", "leukemia-suspected", "indeterminate")
         assert cells["n_found"] == 3 and len(cells["cells"]) == cells["n_classified"] == 3
         assert cells["image_size"] == [400, 300] and cells["scale_source"] == "red-cells"
         assert judged["p_leukemia"] == pytest.approx(cells["score"], abs=1e-4)
-        assert stored[judged["id"]]["cells"] == cells  # as written, as read back
+        assert stored is not None and stored.cells == cells  # as written, as read back
 
         assert no_white["outcome"] == "retake" and no_white["retake_reasons"] == ["no-white-cells"]
         assert no_white["cells"]["n_found"] == 0 and no_white["cells"]["cells"] == []
@@ -124,11 +89,6 @@ def test_the_daemon_records_each_photo_cells_and_why_it_wants_a_retake(tmp_path:
         assert no_scale["cells"] is None
 
         # The status page, reading the records as the running appliance serves them.
-        from leukoscope.config import WebConfig
-        from leukoscope.web import create_app
-        from leukoscope.web.auth import write_password_file
-        from leukoscope.web.daemon_source import DaemonSource
-
         write_password_file(tmp_path / "pw", "a long enough password")
         source = DaemonSource(daemon)
         try:

@@ -7,9 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from leukoscope.appliance.daemon import check_sample_id
 from leukoscope.appliance.indicator import IndicatorState
-from leukoscope.model.bundle import sha256_file
-from tests.daemon_helpers import DaemonProcess, daemon_config, replay_set
+from leukoscope.config import load_config
+from leukoscope.model.bundle import load_bundle, sha256_file
+from tests.daemon_helpers import (
+    DaemonProcess,
+    daemon_config,
+    daemon_in_process,
+    good_field,
+    replay_set,
+    wait_until,
+    write_rgb,
+)
 
 #: Which LEDs are lit, steadily, for each verdict's pattern.
 STEADY = {
@@ -86,21 +96,6 @@ def test_real_gpiozero_button_press_while_busy_is_ignored(
     tmp_path: Path, session_bundle: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """In-process: MockFactory drives the real gpiozero Button wired to the real Daemon."""
-    import threading
-
-    from gpiozero.pins.mock import MockFactory
-
-    from leukoscope.appliance.daemon import Daemon
-    from leukoscope.appliance.gpio import CaptureButton
-    from leukoscope.appliance.indicator import GpioIndicator
-    from leukoscope.appliance.records import Store
-    from leukoscope.appliance.sdnotify import Notifier
-    from leukoscope.capture.backends import open_backend
-    from leukoscope.capture.owner import CameraOwner
-    from leukoscope.config import load_config
-    from leukoscope.model.bundle import load_bundle
-    from tests.daemon_helpers import good_field, wait_until, write_rgb
-
     caplog.set_level("INFO", logger="leukoscope.appliance.daemon")
     write_rgb(tmp_path / "replay" / "00.png", good_field(0))
     # A long simulated exposure keeps the first capture busy while the button is pressed again.
@@ -109,36 +104,9 @@ def test_real_gpiozero_button_press_while_busy_is_ignored(
             tmp_path, session_bundle, tmp_path / "replay", camera__replay={"exposure_ms": 700}
         )
     )
-    factory = MockFactory()
-    indicator = GpioIndicator(
-        green=cfg.gpio.led_green,
-        amber=cfg.gpio.led_amber,
-        red=cfg.gpio.led_red,
-        buzzer=cfg.gpio.buzzer,
-        pin_factory=factory,
-    )
-    store = Store(cfg.paths.database, cfg.paths.images_dir)
-    camera = CameraOwner(open_backend(cfg.camera), cfg.camera)
-    daemon = Daemon(
-        cfg,
-        notifier=Notifier({}),
-        indicator=indicator,
-        store=store,
-        bundle=load_bundle(cfg.paths.bundle),
-        camera=camera,
-        pin_factory=factory,
-    )
-    button = CaptureButton(
-        cfg.gpio.button,
-        bounce_ms=cfg.gpio.bounce_ms,
-        pin_factory=factory,
-        on_press=daemon.on_button,
-    )
-    loop = threading.Thread(target=daemon.serve)
-    loop.start()
-    try:
+    with daemon_in_process(cfg, load_bundle(cfg.paths.bundle), button=True) as daemon:
         wait_until(lambda: daemon.state.phase == "ready", 10, "ready")
-        pin = factory.pin(cfg.gpio.button)
+        pin = daemon.pin_factory.pin(cfg.gpio.button)
         for _ in range(3):  # contact chatter on one press
             pin.drive_low()
             pin.drive_high()
@@ -148,22 +116,12 @@ def test_real_gpiozero_button_press_while_busy_is_ignored(
         assert daemon.state.wait_for_result(0, 30) == 1
         ticket = daemon.request_capture("control")
         assert ticket is not None and ticket.done.wait(30)
-        triggers = [r["trigger"] for r in reversed(store.recent())]
+        triggers = [r.trigger for r in reversed(daemon.store.reader.page(20).items)]
         assert triggers == ["button", "control"]  # the busy press was dropped, not queued
         assert "capture request from button ignored: busy" in caplog.text
-    finally:
-        daemon.stop()
-        loop.join(30)
-        button.close()
-        camera.close()
-        store.close()
-        indicator.close()
-        factory.close()
 
 
 def test_sample_id_check_refuses_trailing_newline_and_non_ascii() -> None:
-    from leukoscope.appliance.daemon import check_sample_id
-
     assert check_sample_id("S-2026/11 a.1") == "S-2026/11 a.1"
     assert check_sample_id("") is None
     for bad in ("abc\n", "ab\u00e9", " lead", "x" * 65):

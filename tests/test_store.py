@@ -6,12 +6,15 @@ import json
 import os
 import sqlite3
 import time
+from dataclasses import replace
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from leukoscope.appliance.records import TMP_DIR, NewRecord, Store
+from leukoscope.appliance import records
+from leukoscope.appliance.records import TMP_DIR, NewRecord, Record, RecordFilter, Store
 from leukoscope.core.errors import StoreError
 from leukoscope.model.bundle import sha256_file
 
@@ -23,6 +26,13 @@ def store(tmp_path: Path):
         yield s
     finally:
         s.close()
+
+
+def saved(store: Store, record_id: int) -> Record:
+    """A record as the reader gives it back (it must be there)."""
+    record = store.reader.get(record_id)
+    assert record is not None, record_id
+    return record
 
 
 def rec(**kw) -> NewRecord:
@@ -37,12 +47,11 @@ def rec(**kw) -> NewRecord:
 
 def test_record_and_image_round_trip(store: Store) -> None:
     rid = store.add(rec(sample_id="S-1", timings_ms={"inference": 3.5}), b"jpeg-bytes", ".jpg")
-    row = store.get(rid)
-    assert row is not None
-    assert row["sample_id"] == "S-1" and row["timings_ms"] == {"inference": 3.5}
-    path = store.image_file(row)
+    row = saved(store, rid)
+    assert row.sample_id == "S-1" and row.timings_ms == {"inference": 3.5}
+    path = store.reader.image_file(row)
     assert path is not None and path.read_bytes() == b"jpeg-bytes"
-    assert row["image_sha256"] == sha256_file(path)
+    assert row.image_sha256 == sha256_file(path)
     assert list((store.images_dir / TMP_DIR).iterdir()) == []
 
 
@@ -54,13 +63,13 @@ def test_database_is_wal_with_full_sync(store: Store) -> None:
 def test_retention_by_age_keeps_records(store: Store) -> None:
     old = store.add(rec(created_unix=time.time() - 40 * 86400), b"old", ".jpg")
     new = store.add(rec(), b"new", ".jpg")
-    old_path = store.image_file(store.get(old) or {})
+    old_path = store.reader.image_file(saved(store, old))
     assert store.enforce_retention(max_age_days=30, min_free_bytes=0) == 1
-    old_row, new_row = store.get(old), store.get(new)
-    assert old_row is not None and old_row["image_deleted"] and old_row["image_deleted_at"]
+    old_row, new_row = saved(store, old), saved(store, new)
+    assert old_row.image_deleted and old_row.image_deleted_at
     assert old_path is not None and not old_path.exists()
-    assert new_row is not None and not new_row["image_deleted"]
-    assert store.image_file(new_row) is not None
+    assert not new_row.image_deleted
+    assert store.reader.image_file(new_row) is not None
 
 
 def test_retention_by_free_space_deletes_oldest_first(
@@ -74,7 +83,7 @@ def test_retention_by_free_space_deletes_oldest_first(
         store_mod, "free_bytes", lambda _p: 10_000 - 100 * sum(1 for _ in _images(store))
     )
     assert store.enforce_retention(max_age_days=36500, min_free_bytes=9_800) == 3
-    deleted = [bool((store.get(i) or {})["image_deleted"]) for i in ids]
+    deleted = [bool(saved(store, i).image_deleted) for i in ids]
     assert deleted[:3] == [True, True, True] and deleted[-1] is False
     assert deleted == sorted(deleted, reverse=True)  # never a newer one before an older one
 
@@ -90,14 +99,14 @@ def test_recover_removes_partial_and_orphan_images(store: Store) -> None:
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"no record")
     lost = store.add(rec(), b"lost", ".jpg")
-    lost_path = store.image_file(store.get(lost) or {})
+    lost_path = store.reader.image_file(saved(store, lost))
     assert lost_path is not None
     lost_path.unlink()
     store.recover()
     assert list((store.images_dir / TMP_DIR).iterdir()) == []
     assert not orphan.exists()
-    assert store.image_file(store.get(keep) or {}) is not None
-    assert (store.get(lost) or {})["image_deleted"] is True
+    assert store.reader.image_file(saved(store, keep)) is not None
+    assert saved(store, lost).image_deleted is True
 
 
 def test_failed_image_write_leaves_nothing(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,7 +117,7 @@ def test_failed_image_write_leaves_nothing(store: Store, monkeypatch: pytest.Mon
     with pytest.raises(StoreError, match="No space left"):
         store.add(rec(), b"x" * 1000, ".jpg")
     monkeypatch.undo()
-    assert store.recent() == []
+    assert store.reader.page(20).items == []
     assert list(_images(store)) == [] and list((store.images_dir / TMP_DIR).iterdir()) == []
     assert store.last_failed_bytes == 1000
 
@@ -125,7 +134,7 @@ def test_failed_record_write_removes_its_image(store: Store, tmp_path: Path) -> 
     finally:
         other.rollback()
         other.close()
-    assert len(list(_images(store))) == 1 and len(store.recent()) == 1
+    assert len(list(_images(store))) == 1 and len(store.reader.page(20).items) == 1
 
 
 def test_close_is_idempotent(tmp_path: Path) -> None:
@@ -133,7 +142,7 @@ def test_close_is_idempotent(tmp_path: Path) -> None:
     s.close()
     s.close()
     with pytest.raises(StoreError, match="closed"):
-        s.recent()
+        s.reader.page(20)
 
 
 def test_recover_leaves_images_alone_when_the_database_was_replaced(tmp_path: Path) -> None:
@@ -157,7 +166,7 @@ def test_recover_leaves_records_alone_when_no_image_is_there(tmp_path: Path) -> 
     (tmp_path / "images").rename(tmp_path / "unmounted")
     s = Store(tmp_path / "db.sqlite3", tmp_path / "images")
     s.recover()
-    assert not any((s.get(i) or {})["image_deleted"] for i in ids)
+    assert not any(saved(s, i).image_deleted for i in ids)
     s.close()
 
 
@@ -197,9 +206,11 @@ def test_cells_round_trip_with_the_record(store: Store) -> None:
     report = cell_report(3)
     rid = store.add(rec(cells=report), b"img", ".jpg")
     whole = store.add(rec(), b"img2", ".jpg")
-    assert (store.get(rid) or {})["cells"] == report
-    assert (store.get(whole) or {})["cells"] is None
-    assert [r["cells"] for r in store.recent()] == [None, report]
+    assert saved(store, rid).cells == report
+    assert saved(store, whole).cells is None
+    # a listing leaves the per-cell list out and keeps the counts
+    listed = {k: v for k, v in report.items() if k != "cells"}
+    assert [r.cells for r in store.reader.page(20).items] == [None, listed]
 
 
 def test_cells_with_nan_or_numpy_numbers_are_stored_as_plain_json(store: Store) -> None:
@@ -213,7 +224,7 @@ def test_cells_with_nan_or_numpy_numbers_are_stored_as_plain_json(store: Store) 
     rid = store.add(rec(cells=report), None)
     text = store.db.execute("SELECT cells FROM results WHERE id = ?", (rid,)).fetchone()[0]
     assert "NaN" not in text and "Infinity" not in text
-    got = (store.get(rid) or {})["cells"]
+    got = saved(store, rid).cells or {}
     assert got["score"] is None and got["density"] == 1.5
     assert got["cells"][0]["p_blast"] is None and got["cells"][1]["box"] == [1, 2, 3, 4]
 
@@ -226,8 +237,8 @@ def test_an_oversized_cell_list_keeps_the_counts(
     monkeypatch.setattr(store_mod, "MAX_CELLS_JSON_BYTES", len(json.dumps(cell_report(10))))
     small = store.add(rec(cells=cell_report(5)), None)
     big = store.add(rec(cells=cell_report(400)), None)
-    assert len((store.get(small) or {})["cells"]["cells"]) == 5
-    got = (store.get(big) or {})["cells"]
+    assert len((saved(store, small).cells or {})["cells"]) == 5
+    got = saved(store, big).cells or {}
     assert got["cells"] == [] and got["cells_omitted"] == 400
     assert got["n_found"] == 400 and got["n_blasts"] == 200 and got["score"] == 0.65
 
@@ -245,16 +256,16 @@ def test_the_most_cells_a_bundle_classifies_are_kept_and_fit_a_control_reply(
     for c in report["cells"]:  # the widest numbers a 5 MP photo gives
         c.update(x=2591.5, y=1943.5, box=[2520, 1872, 2592, 1944], p_blast=0.1234)
     rid = store.add(rec(cells=report), None)
-    row = store.get(rid) or {}
-    assert row["cells"] == report
-    assert len(json.dumps({"ok": True, "result": row})) < MAX_REPLY_BYTES
+    row = saved(store, rid)
+    assert row.cells == report
+    assert len(json.dumps({"ok": True, "result": row.to_json()})) < MAX_REPLY_BYTES
 
 
 def test_cells_that_are_not_an_object_are_dropped_but_the_record_is_kept(store: Store) -> None:
     rid = store.add(rec(cells=["not", "an", "object"]), None)
     other = store.add(rec(cells={"bad": object()}), None)
-    assert (store.get(rid) or {})["outcome"] == "no-leukemia-suspected"
-    assert (store.get(rid) or {})["cells"] is None and (store.get(other) or {})["cells"] is None
+    assert saved(store, rid).outcome == "no-leukemia-suspected"
+    assert saved(store, rid).cells is None and saved(store, other).cells is None
 
 
 #: The first schema, as databases written before issue 8 have it.
@@ -302,17 +313,17 @@ def test_an_old_database_opens_keeps_its_records_and_gains_cells(tmp_path: Path)
     try:
         s.recover()  # the old record's image is still its own
         assert s.db.execute("PRAGMA user_version").fetchone()[0] == 2
-        [row] = s.recent()
-        assert row["sample_id"] == "OLD-1" and row["p_leukemia"] == 0.8
-        assert row["cells"] is None and not row["image_deleted"]
-        assert s.image_file(row) == image and image.read_bytes() == b"old photo"
+        [row] = s.reader.page(20).items
+        assert row.sample_id == "OLD-1" and row.p_leukemia == 0.8
+        assert row.cells is None and not row.image_deleted
+        assert s.reader.image_file(row) == image and image.read_bytes() == b"old photo"
         new = s.add(rec(cells=cell_report(1)), b"new", ".jpg")
-        assert (s.get(new) or {})["cells"] == cell_report(1)
+        assert saved(s, new).cells == cell_report(1)
     finally:
         s.close()
     again = Store(db, tmp_path / "images")  # a second open migrates nothing
     try:
-        assert [r["sample_id"] for r in again.recent()] == [None, "OLD-1"]
+        assert [r.sample_id for r in again.reader.page(20).items] == [None, "OLD-1"]
     finally:
         again.close()
 
@@ -328,3 +339,99 @@ def test_a_database_from_a_newer_build_is_refused_untouched(tmp_path: Path) -> N
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     conn.close()
+
+
+# --- reading records back: the one reader the daemon, the web and the CLI use ----------------
+
+
+def _unix(day: int, hour: int = 12) -> float:
+    return datetime(2026, 5, day, hour, tzinfo=UTC).timestamp()
+
+
+def test_a_record_reads_back_in_the_tables_column_order(store: Store) -> None:
+    rid = store.add(rec(probabilities={"normal": 0.9, "leukemia": 0.1}), b"img", ".jpg")
+    columns = [row[1] for row in store.db.execute("PRAGMA table_info(results)")]
+    plain = saved(store, rid).to_json()
+    assert list(plain) == columns  # the API's JSON keeps its keys and their order
+    assert plain["probabilities"] == {"normal": 0.9, "leukemia": 0.1}
+    assert plain["image_deleted"] is False and plain["retake_reasons"] == []
+
+
+def test_listing_pages_newest_first_with_filters(store: Store) -> None:
+    outcomes = ["retake", "leukemia-suspected", "leukemia-suspected", "fault", "retake"]
+    days = [(1, 10), (2, 0), (2, 23), (3, 0), (3, 12)]
+    ids = [
+        store.add(rec(outcome=o, created_unix=_unix(d, h)), None)
+        for o, (d, h) in zip(outcomes, days, strict=True)
+    ]
+    seen: list[int] = []
+    before = None
+    while True:
+        page = store.reader.page(2, before)
+        seen += [r.id for r in page.items]
+        if page.next_before is None:
+            break
+        before = page.next_before
+    assert seen == ids[::-1]
+    assert store.reader.page(5).next_before is None  # exactly one full page: no cursor
+
+    def listed(flt: RecordFilter) -> list[int]:
+        return [r.id for r in store.reader.page(200, None, flt).items]
+
+    assert listed(RecordFilter(outcome="leukemia-suspected")) == [ids[2], ids[1]]
+    may2 = date(2026, 5, 2)
+    assert listed(RecordFilter(date_from=may2, date_to=may2)) == [ids[2], ids[1]]  # UTC days
+    assert listed(RecordFilter(outcome="retake", date_from=date(2026, 5, 2))) == [ids[4]]
+    assert listed(RecordFilter(date_to=date(2026, 4, 30))) == []
+
+
+def test_the_export_reads_every_matching_record_a_page_at_a_time(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(records, "EXPORT_PAGE", 3)
+    ids = [store.add(rec(cells=cell_report(2)), None) for _ in range(7)]
+    store.add(rec(outcome="fault"), None)
+    exported = list(store.reader.export(RecordFilter(outcome="no-leukemia-suspected")))
+    assert [r.id for r in exported] == ids[::-1]
+    assert all(r.cells is not None and "cells" not in r.cells for r in exported)
+    assert (exported[0].cells or {})["n_found"] == 2
+
+
+def test_an_image_path_outside_the_images_folder_is_never_given(store: Store) -> None:
+    row = saved(store, store.add(rec(), b"img", ".jpg"))
+    inside = store.reader.image_file(row)
+    assert inside is not None and inside.is_relative_to(store.images_dir.resolve())
+    for evil in ("../db.sqlite3", "/etc/passwd", "2026/../../db.sqlite3"):
+        assert store.reader.image_file(replace(row, image_path=evil)) is None
+    assert store.reader.image_file(replace(row, image_deleted=True)) is None
+    assert store.reader.image_file(replace(row, image_path=None)) is None
+
+
+def test_counts_and_recent_timings_for_the_metrics(store: Store) -> None:
+    for i, outcome in enumerate(["retake", "fault", "retake", "leukemia-suspected"]):
+        store.add(rec(outcome=outcome, timings_ms={"inference": float(i)}), None)
+    assert store.reader.count() == 4
+    assert store.reader.counts_by_outcome() == {"retake": 2, "fault": 1, "leukemia-suspected": 1}
+    assert store.reader.recent_timings(2) == [{"inference": 3.0}, {"inference": 2.0}]
+
+
+def test_a_json_column_that_does_not_decode_reads_as_empty(store: Store, tmp_path: Path) -> None:
+    rid = store.add(rec(cells=cell_report(1)), None)
+    other = sqlite3.connect(tmp_path / "db.sqlite3")
+    other.execute(
+        "UPDATE results SET cells = '{broken', timings_ms = '[1]', quality = 'x' WHERE id = ?",
+        (rid,),
+    )
+    other.commit()
+    other.close()
+    row = saved(store, rid)
+    assert row.cells is None and row.timings_ms == {} and row.quality is None
+    [listed] = store.reader.page(10).items
+    assert listed.id == rid and listed.cells is None
+
+
+def test_the_reader_is_read_only(store: Store) -> None:
+    store.add(rec(), None)
+    with pytest.raises(StoreError):
+        store.reader._query("DELETE FROM results")
+    assert store.reader.count() == 1

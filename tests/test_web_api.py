@@ -84,9 +84,9 @@ def test_status_reports_the_latest_result_with_links(client: FlaskClient, source
     body = client.get("/api/status").get_json()
     assert body["ready"] is True and body["phase"] == "ready"
     last = body["last_result"]
-    assert last["id"] == rec["id"] and last["outcome"] == "leukemia-suspected"
-    assert last["image_url"] == f"/api/results/{rec['id']}/image"
-    assert last["page_url"] == f"/results/{rec['id']}"
+    assert last["id"] == rec.id and last["outcome"] == "leukemia-suspected"
+    assert last["image_url"] == f"/api/results/{rec.id}/image"
+    assert last["page_url"] == f"/results/{rec.id}"
     page = client.get("/").get_data(as_text=True)
     assert "Leukemia suspected" in page and "91.0 %" in page and "S-1" in page
 
@@ -230,20 +230,20 @@ def test_history_pages_with_an_older_link(client, source):
 
 def test_result_detail_json_page_and_image(client, source):
     rec = source.add_record("no-leukemia-suspected", p=0.12, sample_id="LAB 7/2")
-    body = client.get(f"/api/results/{rec['id']}").get_json()
+    body = client.get(f"/api/results/{rec.id}").get_json()
     assert body["sample_id"] == "LAB 7/2" and body["model_sha256"] == "ab" * 32
-    page = client.get(f"/results/{rec['id']}").get_data(as_text=True)
+    page = client.get(f"/results/{rec.id}").get_data(as_text=True)
     assert "No leukemia suspected" in page and "LAB 7/2" in page and "12.0 %" in page
-    img = client.get(f"/api/results/{rec['id']}/image")
+    img = client.get(f"/api/results/{rec.id}/image")
     assert img.status_code == 200 and img.mimetype == "image/jpeg"
-    assert img.data == (source.images_dir / rec["image_path"]).read_bytes()
+    assert img.data == (source.images_dir / rec.image_path).read_bytes()
 
 
 def test_deleted_image_is_404_but_the_record_stays(client, source):
     rec = source.add_record("retake", image_deleted=True)
-    assert client.get(f"/api/results/{rec['id']}/image").status_code == 404
-    assert client.get(f"/api/results/{rec['id']}").status_code == 200
-    page = client.get(f"/results/{rec['id']}").get_data(as_text=True)
+    assert client.get(f"/api/results/{rec.id}/image").status_code == 404
+    assert client.get(f"/api/results/{rec.id}").status_code == 200
+    page = client.get(f"/results/{rec.id}").get_data(as_text=True)
     assert "deleted by retention" in page
     assert re.search(r"<th>retake_reasons</th><td>out-of-focus</td>", page)
 
@@ -463,8 +463,7 @@ def test_csv_export_needs_login_and_has_every_matching_row(client, source):
 
 
 def test_csv_cells_cannot_become_formulas(client, source):
-    rec = source.add_record("fault")
-    source._records[rec["id"]]["error"] = '=HYPERLINK("http://x")'
+    source.add_record("fault", error='=HYPERLINK("http://x")')
     login(client)
     text = client.get("/api/export.csv").get_data(as_text=True)
     assert "'=HYPERLINK" in text

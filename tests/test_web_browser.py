@@ -229,16 +229,16 @@ def test_the_status_page_follows_cell_results_and_says_why_to_retake(browser, ce
             seq = source.result_seq
             source.request_capture(None)
             poll(lambda seq=seq: source.result_seq > seq)
-            rid = max(source._records)
+            rid = source.status()["last_result"]["id"]
             expect(page.locator("#last-link")).to_have_attribute(
                 "href", f"/results/{rid}", timeout=10_000
             )
             rec = source.get_result(rid)
-            assert rec is not None
-            found = str(rec["cells"]["n_found"])
+            assert rec is not None and rec.cells is not None
+            found = str(rec.cells["n_found"])
             expect(page.locator("#last-cells")).to_be_visible()
             expect(page.locator("#last-cells-found")).to_have_text(found)
-        assert rec["outcome"] == "retake" and found == "0"
+        assert rec.outcome == "retake" and found == "0"
         expect(page.locator("#last-reasons")).to_have_text(
             "Retake: no white cells in this field: move to another field"
         )

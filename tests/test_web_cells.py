@@ -122,7 +122,7 @@ def text_of(page: str, element_id: str) -> str:
 
 def test_detail_draws_one_box_per_cell_where_it_is_and_of_its_class(client, source):
     rec = source.add_record("leukemia-suspected", p=0.65, cells=report(THREE))
-    page = detail(client, rec["id"])
+    page = detail(client, rec.id)
     svg = overlay(page)
     assert svg is not None
     assert svg.get("viewBox") == "0 0 640 480"  # the photo's pixels: scales with the image
@@ -136,12 +136,12 @@ def test_detail_draws_one_box_per_cell_where_it_is_and_of_its_class(client, sour
     # the overlay sits on the photo, in one figure
     figure = page[page.index('<figure class="overlay"') : page.index("</figure>")]
     assert 'id="detail-image"' in figure and 'id="cell-overlay"' in figure
-    assert f'src="/api/results/{rec["id"]}/image"' in figure
+    assert f'src="/api/results/{rec.id}/image"' in figure
 
 
 def test_detail_shows_the_counts_and_the_slide_score(client, source):
     rec = source.add_record("leukemia-suspected", p=0.65, cells=report(THREE, n_found=5))
-    page = detail(client, rec["id"])
+    page = detail(client, rec.id)
     assert text_of(page, "cells-found") == "5"
     assert text_of(page, "cells-classified") == "3"
     assert text_of(page, "cells-blasts") == "2"
@@ -151,19 +151,19 @@ def test_detail_shows_the_counts_and_the_slide_score(client, source):
 
 def test_a_whole_field_record_has_no_overlay_and_no_counts(client, source):
     rec = source.add_record("leukemia-suspected", p=0.7)
-    page = detail(client, rec["id"])
+    page = detail(client, rec.id)
     assert overlay(page) is None and 'id="cell-counts"' not in page
     assert 'id="detail-image"' in page  # the photo itself is still shown
 
 
 def test_a_deleted_photo_keeps_the_counts_and_says_why_no_boxes(client, source):
     rec = source.add_record("leukemia-suspected", p=0.65, cells=report(THREE), image_deleted=True)
-    page = detail(client, rec["id"])
+    page = detail(client, rec.id)
     assert overlay(page) is None and 'id="detail-image"' not in page
     assert text_of(page, "cells-found") == "3" and text_of(page, "cells-blasts") == "2"
     note = text_of(page, "no-photo")
     assert "deleted by retention" in note and "cannot be drawn without the photo" in note
-    assert client.get(f"/api/results/{rec['id']}").get_json()["cells"]["n_found"] == 3
+    assert client.get(f"/api/results/{rec.id}").get_json()["cells"]["n_found"] == 3
 
 
 def test_boxes_outside_the_photo_or_with_bad_numbers_are_clipped_or_dropped(client, source):
@@ -180,7 +180,7 @@ def test_boxes_outside_the_photo_or_with_bad_numbers_are_clipped_or_dropped(clie
         "not a cell",  # dropped
     ]
     rec = source.add_record("leukemia-suspected", cells=report(cells))  # type: ignore[arg-type]
-    page = detail(client, rec["id"])
+    page = detail(client, rec.id)
     boxes = drawn(overlay(page))  # type: ignore[arg-type]
     assert [(cls, xywh) for cls, xywh, _ in boxes] == [
         ("cell c-blast", (620.0, 470.0, 20.0, 10.0)),
@@ -199,7 +199,7 @@ def test_boxes_outside_the_photo_or_with_bad_numbers_are_clipped_or_dropped(clie
 )
 def test_an_unusable_image_size_draws_nothing_but_keeps_the_counts(client, source, size):
     rec = source.add_record("leukemia-suspected", cells=report(THREE, image_size=size))
-    page = detail(client, rec["id"])
+    page = detail(client, rec.id)
     assert overlay(page) is None
     assert text_of(page, "cells-found") == "3"
     assert "no usable photo size" in text_of(page, "cells-no-size")
@@ -211,20 +211,19 @@ def test_nothing_from_a_record_can_inject_markup(client, source):
     cells[1]["box"] = [60, 20, 100, '60"><script>alert(3)</script>']
     rec = source.add_record(
         "retake",
-        sample_id=None,
+        sample_id=evil,
         cells=report(cells, scale_source=evil, n_found=evil, score=evil, image_size=[640, 480]),
         retake_reasons=[evil, "no-white-cells"],
+        error=evil,
     )
-    source._records[rec["id"]]["error"] = evil
-    source._records[rec["id"]]["sample_id"] = evil
-    for path in (f"/results/{rec['id']}", "/", "/history"):
+    for path in (f"/results/{rec.id}", "/", "/history"):
         page = client.get(path).get_data(as_text=True)
         tags = Tags(page).tags
         scripts = [a.get("src") for t, a in tags if t == "script"]
         assert scripts == ["/static/app.js"], path
         assert not [(t, a) for t, a in tags if any(k.startswith("on") for k in a)], path
         assert not [a for t, a in tags if t == "img" and a.get("src") == "x"], path
-    page = detail(client, rec["id"])
+    page = detail(client, rec.id)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown, as text
     boxes = drawn(overlay(page))  # type: ignore[arg-type]
     assert [cls for cls, _, _ in boxes] == ["cell c-unclassified"]  # a class that is not one
@@ -239,7 +238,7 @@ def test_retake_reasons_are_said_in_words(client, source, code):
     rec = source.add_record("retake", retake_reasons=[code], cells=report([]))
     words = RETAKE_REASONS[code]
     assert words != code
-    assert words in text_of(detail(client, rec["id"]), "detail-reasons")
+    assert words in text_of(detail(client, rec.id), "detail-reasons")
     status_page = client.get("/").get_data(as_text=True)
     assert words in status_page
     last = client.get("/api/status").get_json()["last_result"]
@@ -252,11 +251,11 @@ def test_retake_reasons_are_said_in_words(client, source, code):
 def test_detail_api_carries_the_whole_cell_result(client, source):
     rep = report(THREE)
     rec = source.add_record("leukemia-suspected", p=0.65, cells=rep)
-    body = client.get(f"/api/results/{rec['id']}").get_json()
+    body = client.get(f"/api/results/{rec.id}").get_json()
     assert body["cells"] == rep
     assert body["cell_counts"] == {"n_found": 3, "n_classified": 3, "n_blasts": 2, "score": 0.65}
     whole = source.add_record("no-leukemia-suspected", p=0.1)
-    body = client.get(f"/api/results/{whole['id']}").get_json()
+    body = client.get(f"/api/results/{whole.id}").get_json()
     assert body["cells"] is None and body["cell_counts"] is None
 
 
@@ -315,8 +314,8 @@ def test_fake_captures_in_cells_mode_give_cell_results(client, tmp_path: Path):
         fake.request_capture(None)
         wait_until(lambda: fake.phase == "ready")
     first, second, third = (fake.get_result(i) for i in (1, 2, 3))
-    assert first and second and third
-    assert first["cells"]["n_found"] > 0 and first["outcome"] == "no-leukemia-suspected"
-    assert third["outcome"] == "retake" and third["retake_reasons"] == ["no-white-cells"]
-    assert third["cells"]["n_found"] == 0 and third["cells"]["cells"] == []
-    assert not math.isnan(float(second["cells"]["score"]))
+    assert first and second and third and first.cells and second.cells and third.cells
+    assert first.cells["n_found"] > 0 and first.outcome == "no-leukemia-suspected"
+    assert third.outcome == "retake" and third.retake_reasons == ["no-white-cells"]
+    assert third.cells["n_found"] == 0 and third.cells["cells"] == []
+    assert not math.isnan(float(second.cells["score"]))

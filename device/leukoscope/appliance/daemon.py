@@ -445,7 +445,8 @@ class Daemon:
             }
         if free_bytes(self.store.images_dir) < self._min_free():
             self._retention()
-        saved = self.store.get(record_id) or {}
+        record = self.store.reader.get(record_id)
+        saved = {} if record is None else record.to_json()
         saved["saved"] = True
         saved["store_ms"] = _ms(t0)
         return saved

@@ -1,5 +1,10 @@
 """Records and images: SQLite (WAL, synchronous=FULL) and atomically written image files.
 
+A record is a `Record`; `to_json()` is its one plain form (the API, the pages, the control
+socket). `Store` is the one writer; `RecordReader` holds every query that reads records
+back (by id, listings, the CSV export, image paths, counts), for the daemon, the web
+threads and the tests alike.
+
 Order of writes keeps the invariant "no record points to a missing image" through power
 cuts and SIGKILL: an image is written to `.tmp/`, fsynced, renamed into place and its
 folder fsynced *before* its record is committed; retention marks a record image-deleted
@@ -18,8 +23,10 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +72,10 @@ MAX_CRASH_ORPHANS = 5
 #: about 400 kB, and a record must still fit one control-socket reply (1 MiB). A larger
 #: one keeps its counts and loses its per-cell list.
 MAX_CELLS_JSON_BYTES = 512 * 1024
-#: Columns holding JSON, decoded when a record is read.
-JSON_COLUMNS = ("probabilities", "retake_reasons", "quality", "timings_ms", "cells")
+#: Outcomes a record can have: the four verdicts, or a fault.
+OUTCOMES = ("no-leukemia-suspected", "leukemia-suspected", "indeterminate", "retake", "fault")
+#: Records per query when the CSV export reads every matching record.
+EXPORT_PAGE = 200
 
 
 @dataclass
@@ -88,6 +97,105 @@ class NewRecord:
     model_sha256: str | None = None
     #: The per-cell result (CellReport.to_json()), None in whole-field mode.
     cells: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """One stored analysis, as read back: the table's columns, JSON columns decoded."""
+
+    id: int
+    created_at: str  # UTC, ISO 8601
+    created_unix: float
+    trigger: str
+    sample_id: str | None
+    outcome: str  # one of OUTCOMES
+    p_leukemia: float | None
+    probabilities: dict[str, float] | None
+    retake_reasons: list[str]
+    quality: dict[str, float] | None
+    timings_ms: dict[str, float]
+    error: str | None
+    model_name: str | None
+    model_version: str | None
+    model_sha256: str | None
+    image_path: str | None  # relative to the images folder
+    image_sha256: str | None
+    image_bytes: int | None
+    image_deleted: bool
+    image_deleted_at: str | None
+    #: The per-cell result (CellReport JSON), None in whole-field mode. In a listing
+    #: (`RecordReader.page`, `export`) it lacks its per-cell list, `cells["cells"]`.
+    cells: dict[str, Any] | None
+
+    @property
+    def has_image(self) -> bool:
+        """A photo was kept and retention has not deleted it."""
+        return bool(self.image_path) and not self.image_deleted
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as plain data, keyed and ordered like the table's columns."""
+        return {name: getattr(self, name) for name in COLUMNS}
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Record:
+        """A row of the results table; a JSON column that does not decode reads as empty."""
+        return cls(
+            id=int(row["id"]),
+            created_at=row["created_at"],
+            created_unix=float(row["created_unix"]),
+            trigger=row["trigger"],
+            sample_id=row["sample_id"],
+            outcome=row["outcome"],
+            p_leukemia=row["p_leukemia"],
+            probabilities=_decoded(row["probabilities"], dict),
+            retake_reasons=_decoded(row["retake_reasons"], list) or [],
+            quality=_decoded(row["quality"], dict),
+            timings_ms=_decoded(row["timings_ms"], dict) or {},
+            error=row["error"],
+            model_name=row["model_name"],
+            model_version=row["model_version"],
+            model_sha256=row["model_sha256"],
+            image_path=row["image_path"],
+            image_sha256=row["image_sha256"],
+            image_bytes=row["image_bytes"],
+            image_deleted=bool(row["image_deleted"]),
+            image_deleted_at=row["image_deleted_at"],
+            cells=_decoded(row["cells"], dict),
+        )
+
+
+#: The table's columns, in the order a record's plain form lists them.
+COLUMNS = tuple(f.name for f in fields(Record))
+
+
+def _decoded(text: str | None, kind: type) -> Any:
+    """A JSON column's value if it is a `kind`, else None (NULL, or not what was written)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        logger.warning("a record's JSON column does not decode; read as empty")
+        return None
+    return value if isinstance(value, kind) else None
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """Which records a listing wants: an outcome and a date range (UTC days, inclusive)."""
+
+    outcome: str | None = None
+    date_from: date | None = None
+    date_to: date | None = None
+
+
+@dataclass(frozen=True)
+class RecordPage:
+    """One page of records, newest first; `next_before` is the id to continue below
+    (None: there is no older page)."""
+
+    items: list[Record]
+    next_before: int | None
 
 
 def _iso(unix: float) -> str:
@@ -179,6 +287,8 @@ class Store:
             self._migrate(self._db)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the record store {self.database}: {exc}") from None
+        #: Reads records back (the daemon's own reads: a record just written).
+        self.reader = RecordReader(self.database, self.images_dir)
         #: Bytes of the last image a full disk refused, to judge when space is back.
         self.last_failed_bytes = 0
 
@@ -289,38 +399,6 @@ class Store:
                 raise StoreError(f"cannot write the record: {exc}") from None
             return int(cur.lastrowid or 0)
 
-    # --- reading (the status page reads through these too) --------------------------------
-
-    @staticmethod
-    def _row(row: sqlite3.Row) -> dict[str, Any]:
-        out = dict(row)
-        for key in JSON_COLUMNS:
-            if out.get(key) is not None:
-                out[key] = json.loads(out[key])
-        out["image_deleted"] = bool(out["image_deleted"])
-        return out
-
-    def get(self, record_id: int) -> dict[str, Any] | None:
-        """One record as a dict (JSON fields decoded), or None."""
-        with self._lock:
-            row = self.db.execute("SELECT * FROM results WHERE id = ?", (record_id,)).fetchone()
-        return None if row is None else self._row(row)
-
-    def recent(self, limit: int = 20, before_id: int | None = None) -> list[dict[str, Any]]:
-        """The newest records first, optionally only those older than `before_id`."""
-        with self._lock:
-            rows = self.db.execute(
-                "SELECT * FROM results WHERE id < ? ORDER BY id DESC LIMIT ?",
-                (before_id if before_id is not None else 2**62, limit),
-            ).fetchall()
-        return [self._row(r) for r in rows]
-
-    def image_file(self, record: dict[str, Any]) -> Path | None:
-        """The absolute path of a record's image, None if it has none or it was deleted."""
-        if not record.get("image_path") or record.get("image_deleted"):
-            return None
-        return self.images_dir / record["image_path"]
-
     # --- retention and recovery -----------------------------------------------------------
 
     def _delete_images(self, rows: list[sqlite3.Row]) -> int:
@@ -427,7 +505,8 @@ class Store:
             return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
 
     def close(self) -> None:
-        """Checkpoint and close the database (idempotent)."""
+        """Close the reader, then checkpoint and close the database (idempotent)."""
+        self.reader.close()
         with self._lock:
             db, self._db = self._db, None
         if db is not None:
@@ -436,3 +515,140 @@ class Store:
             except sqlite3.Error:
                 logger.warning("could not checkpoint the WAL on close", exc_info=True)
             db.close()
+
+
+def _day_start(day: date) -> float:
+    return datetime.combine(day, dtime.min, UTC).timestamp()
+
+
+#: A listing's columns: `cells` without its per-cell list, which listings never show
+#: (SQLite drops it, so Python never parses thousands of boxes only to drop them).
+_LISTED = ", ".join(
+    "CASE WHEN json_valid(cells) THEN json_remove(cells, '$.cells') END AS cells"
+    if name == "cells"
+    else name
+    for name in COLUMNS
+)
+
+
+class RecordReader:
+    """Reads records; every query that reads the results table is here. Thread-safe.
+
+    Each thread gets its own read-only connection (WAL lets them read while the store
+    writes), so a web page never waits on the writer's lock.
+    """
+
+    def __init__(self, database: Path, images_dir: Path) -> None:
+        self.database = Path(database)
+        self.images_dir = Path(images_dir)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
+
+    def _db(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            with self._conns_lock:
+                if self._closed:
+                    raise StoreError("the record store is closed")
+                try:
+                    conn = sqlite3.connect(self.database, timeout=5.0, check_same_thread=False)
+                    conn.row_factory = sqlite3.Row
+                    conn.execute("PRAGMA query_only = ON")
+                except sqlite3.Error as exc:
+                    raise StoreError(
+                        f"cannot read the record store {self.database}: {exc}"
+                    ) from None
+                self._conns.append(conn)
+            self._local.conn = conn
+        elif self._closed:
+            raise StoreError("the record store is closed")
+        return conn
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._db().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the record store {self.database}: {exc}") from None
+
+    def get(self, record_id: int) -> Record | None:
+        """One record, its per-cell result whole; None if there is none with that id."""
+        rows = self._query(f"SELECT {', '.join(COLUMNS)} FROM results WHERE id = ?", (record_id,))
+        return Record.from_row(rows[0]) if rows else None
+
+    def page(
+        self, limit: int, before: int | None = None, flt: RecordFilter | None = None
+    ) -> RecordPage:
+        """Up to `limit` records matching `flt`, older than id `before` (None: from the
+        newest), newest first; their `cells` without the per-cell list."""
+        flt = flt or RecordFilter()
+        where: list[str] = []
+        args: list[Any] = []
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
+        if flt.outcome:
+            where.append("outcome = ?")
+            args.append(flt.outcome)
+        if flt.date_from:
+            where.append("created_unix >= ?")
+            args.append(_day_start(flt.date_from))
+        if flt.date_to:
+            where.append("created_unix < ?")
+            args.append(_day_start(flt.date_to + timedelta(days=1)))
+        condition = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._query(
+            f"SELECT {_LISTED} FROM results {condition}ORDER BY id DESC LIMIT ?",
+            (*args, limit + 1),
+        )
+        items = [Record.from_row(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return RecordPage(items, items[-1].id if more and items else None)
+
+    def export(self, flt: RecordFilter | None = None) -> Iterator[Record]:
+        """Every record matching `flt`, newest first, as listed (read a page at a time)."""
+        before: int | None = None
+        while True:
+            page = self.page(EXPORT_PAGE, before, flt)
+            yield from page.items
+            if page.next_before is None:
+                return
+            before = page.next_before
+
+    def image_file(self, record: Record) -> Path | None:
+        """The absolute path of a record's image; None if it has none, retention deleted
+        it, or its stored path leads outside the images folder."""
+        if not record.has_image or record.image_path is None:
+            return None
+        root = self.images_dir.resolve()
+        path = (root / record.image_path).resolve()
+        if not path.is_relative_to(root):
+            logger.warning("record %d names an image outside the images folder", record.id)
+            return None
+        return path
+
+    def count(self) -> int:
+        """How many records there are."""
+        return int(self._query("SELECT COUNT(*) FROM results")[0][0])
+
+    def counts_by_outcome(self) -> dict[str, int]:
+        """How many records there are of each outcome."""
+        rows = self._query("SELECT outcome, COUNT(*) FROM results GROUP BY outcome")
+        return {r[0]: int(r[1]) for r in rows}
+
+    def recent_timings(self, limit: int) -> list[dict[str, float]]:
+        """The stage timings (ms) of the newest `limit` records, newest first."""
+        rows = self._query("SELECT timings_ms FROM results ORDER BY id DESC LIMIT ?", (limit,))
+        return [_decoded(r[0], dict) or {} for r in rows]
+
+    def close(self) -> None:
+        """Close every thread's connection (idempotent); reading after this is a StoreError."""
+        with self._conns_lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                logger.debug("closing a reader connection failed", exc_info=True)

@@ -7,26 +7,12 @@ by waitress (`leukoscope.web.server`), never by Flask's development server.
 
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
-from flask import (
-    Flask,
-    Response,
-    current_app,
-    g,
-    jsonify,
-    redirect,
-    render_template,
-    request,
-    session,
-    url_for,
-)
+from flask import Flask, Response, current_app, g, request, session
 from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
@@ -37,75 +23,31 @@ from werkzeug.wrappers import Response as WResponse
 
 from leukoscope import __version__
 from leukoscope.config import WebConfig
-from leukoscope.web.auth import (
-    LoginLimiter,
-    PasswordFile,
-    PasswordFileError,
-    new_csrf_token,
-    tokens_equal,
+from leukoscope.web import api, pages
+from leukoscope.web.auth import LoginLimiter, PasswordFile, tokens_equal
+from leukoscope.web.common import (
+    WebContext,
+    csrf_token,
+    ctx,
+    error_response,
+    logged_in,
+    login_required_response,
 )
 from leukoscope.web.source import StatusSource
 
 logger = logging.getLogger(__name__)
-P = ParamSpec("P")
-R = TypeVar("R")
 
 #: Content Security Policy: our own scripts, styles and images only; no inline script.
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-#: Paths answered with JSON errors (the rest get a plain page).
-JSON_PREFIXES = ("/api/", "/healthz", "/metrics")
 #: Endpoints anyone may read even when reading needs a password.
 ALWAYS_OPEN = {"pages.login", "static", "api.healthz"}
 
 
-@dataclass
-class WebContext:
-    """What the views share: the source, the settings, the password and the login limiter."""
-
-    source: StatusSource
-    config: WebConfig
-    password: PasswordFile
-    limiter: LoginLimiter
-
-
-def ctx() -> WebContext:
-    """The current app's WebContext."""
-    context: WebContext = current_app.extensions["leukoscope"]
-    return context
-
-
-def logged_in() -> bool:
-    """True if this request's session is a login under the current password."""
-    if "user" not in session:
-        return False
-    try:
-        return bool(session.get("pw")) and session.get("pw") == ctx().password.fingerprint()
-    except PasswordFileError:
-        logger.exception("cannot read the password file")
-        return False
-
-
-def csrf_token() -> str:
-    """This session's CSRF token (made on first use)."""
-    token = session.get("csrf")
-    if not isinstance(token, str):
-        token = new_csrf_token()
-        session["csrf"] = token
-    return token
-
-
-def wants_json() -> bool:
-    """True for the API's paths (errors there are JSON)."""
-    return request.path.startswith(JSON_PREFIXES)
-
-
 def create_app(source: StatusSource, config: WebConfig) -> Flask:
     """Build the web app for one source and its [web] settings."""
-    from leukoscope.web import api, pages
-
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=secrets.token_bytes(32),  # sessions end when the daemon restarts
@@ -162,37 +104,6 @@ def _check_access() -> WResponse | None:
     ):
         return login_required_response()
     return None
-
-
-def login_required_response() -> WResponse:
-    """401 for the API; for pages, the login page, coming back here afterwards."""
-    if wants_json() or request.method != "GET":
-        return error_response(401, "login required")
-    return redirect(url_for("pages.login", next=request.full_path.rstrip("?")))
-
-
-def login_required(view: Callable[P, R]) -> Callable[P, R | WResponse]:
-    """Decorate an action's view: only a logged-in session may use it."""
-
-    @functools.wraps(view)
-    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R | WResponse:
-        if not g.get("logged_in"):
-            return login_required_response()
-        return view(*args, **kwargs)
-
-    return wrapped
-
-
-def error_response(status: int, message: str) -> Response:
-    """An error as JSON (API paths) or a plain page, never with a stack trace."""
-    if wants_json():
-        resp = jsonify({"error": message, "status": status})
-    else:
-        resp = current_app.make_response(
-            (render_template("error.html", status=status, message=message), status)
-        )
-    resp.status_code = status
-    return resp
 
 
 def _http_error(exc: HTTPException) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,11 +12,13 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context, url_for
 from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable, UnsupportedMediaType
 
-from leukoscope.web import ctx, login_required, params
+from leukoscope.appliance.records import EXPORT_PAGE, Record, RecordFilter
+from leukoscope.web import params
+from leukoscope.web.common import ctx, login_required
 from leukoscope.web.overlay import cell_counts
 from leukoscope.web.prometheus import render_metrics
 from leukoscope.web.reasons import reason_text
-from leukoscope.web.source import CaptureRefusedError, ResultFilter
+from leukoscope.web.source import CaptureRefusedError
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -45,8 +48,9 @@ CSV_COLUMNS = (
 
 
 def public(record: dict[str, Any] | None, *, full: bool = True) -> dict[str, Any] | None:
-    """A record as the API shows it: links to its page and image, `cell_counts`, and
-    `retake_messages` (the retake reasons in the technician's words).
+    """A record's plain form (`Record.to_json()`, or the daemon's last result) as the API
+    shows it: links to its page and image, `cell_counts`, and `retake_messages` (the
+    retake reasons in the technician's words).
 
     Args:
         full: keep the per-cell result (`cells`, up to thousands of boxes); listings and
@@ -83,7 +87,7 @@ def status() -> Response:
     return jsonify(status_json())
 
 
-def listing_args() -> tuple[int, int | None, ResultFilter]:
+def listing_args() -> tuple[int, int | None, RecordFilter]:
     """limit, cursor and filter of a listing request (unknown parameters refused)."""
     args = request.args
     params.known_only(args, params.LISTING_KEYS)
@@ -101,13 +105,13 @@ def results() -> Response:
     page = ctx().source.list_results(limit, before, flt)
     return jsonify(
         {
-            "items": [public(r, full=False) for r in page.items],
+            "items": [public(r.to_json(), full=False) for r in page.items],
             "next_cursor": None if page.next_before is None else str(page.next_before),
         }
     )
 
 
-def _record(raw: str) -> dict[str, Any]:
+def _record(raw: str) -> Record:
     rid = params.record_id(raw)
     rec = ctx().source.get_result(rid)
     if rec is None:
@@ -118,14 +122,14 @@ def _record(raw: str) -> dict[str, Any]:
 @bp.get("/api/results/<record_id>")
 def result(record_id: str) -> Response:
     """One record with every stored field, the per-cell result (`cells`) included."""
-    return jsonify(public(_record(record_id)))
+    return jsonify(public(_record(record_id).to_json()))
 
 
 @bp.get("/api/results/<record_id>/image")
 def result_image(record_id: str) -> Response:
     """The photo a record was made from (404 once retention deleted it)."""
     rec = _record(record_id)
-    path = ctx().source.image_path(int(rec["id"]))
+    path = ctx().source.image_file(rec)
     if path is None or not path.is_file():
         raise NotFound("this result's image is not kept (none taken, or deleted by retention)")
     resp = send_file(path, conditional=True, max_age=3600)
@@ -191,8 +195,6 @@ def _csv_cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, dict | list):
-        import json
-
         value = json.dumps(value, sort_keys=True)
     text = str(value)
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
@@ -210,19 +212,15 @@ def export_csv() -> Response:
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(CSV_COLUMNS)
-        before: int | None = None
-        while True:
-            page = source.list_results(params.MAX_LIMIT, before, flt)
-            for rec in page.items:
-                counts = cell_counts(rec.get("cells")) or {}
-                row = {**rec, **{c: counts.get(c) for c in CELL_COLUMNS}}
-                writer.writerow([_csv_cell(row.get(c)) for c in CSV_COLUMNS])
-            yield buf.getvalue()
-            buf.seek(0)
-            buf.truncate()
-            if page.next_before is None:
-                return
-            before = page.next_before
+        for n, rec in enumerate(source.export(flt), 1):
+            counts = cell_counts(rec.cells) or {}
+            row = {**rec.to_json(), **{c: counts.get(c) for c in CELL_COLUMNS}}
+            writer.writerow([_csv_cell(row.get(c)) for c in CSV_COLUMNS])
+            if n % EXPORT_PAGE == 0:
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+        yield buf.getvalue()
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     resp = Response(stream_with_context(rows()), mimetype="text/csv; charset=utf-8")

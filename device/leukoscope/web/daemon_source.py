@@ -1,8 +1,8 @@
 """The StatusSource of the running daemon: its state, its records, its camera owner's preview.
 
-Records are read through this module's own read-only SQLite connections (one per web
-thread; WAL lets them read while the daemon writes), so a busy page never waits on the
-daemon's store lock. Captures go through `Daemon.request_capture("web", ...)`, the same
+Records are read through the source's own `RecordReader` (a read-only SQLite connection
+per web thread; WAL lets them read while the daemon writes), so a busy page never waits
+on the daemon's store lock. Captures go through `Daemon.request_capture("web", ...)`, the same
 path as the button. The live view's frames come from one refresher thread that asks the
 camera owner for a frame every `PREVIEW_INTERVAL_S` while someone watches, however many
 browsers do, and never while a capture runs.
@@ -11,27 +11,22 @@ browsers do, and never while a capture runs.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import sqlite3
 import statistics
 import threading
 import time
-from datetime import UTC, datetime, timedelta
-from datetime import time as dtime
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 
-from leukoscope.appliance.records import JSON_COLUMNS
+from leukoscope.appliance.daemon import Daemon, NotReadyError
+from leukoscope.appliance.records import Record, RecordFilter, RecordPage, RecordReader
 from leukoscope.core.errors import BundleError, CameraError
 from leukoscope.model.bundle import MANIFEST, read_manifest
 from leukoscope.web import system
-from leukoscope.web.source import CaptureRefusedError, Preview, ResultFilter, ResultPage
-
-if TYPE_CHECKING:
-    from leukoscope.appliance.daemon import Daemon
+from leukoscope.web.source import CaptureRefusedError, Preview
 
 logger = logging.getLogger(__name__)
 
@@ -47,34 +42,15 @@ STAGE_WINDOW = 100
 MAX_CARD_BYTES = 64 * 1024
 
 
-def _day_start(day: Any) -> float:
-    return datetime.combine(day, dtime.min, UTC).timestamp()
-
-
-def decode_row(row: sqlite3.Row) -> dict[str, Any]:
-    """A record row as plain data (JSON columns decoded)."""
-    out = dict(row)
-    for key in JSON_COLUMNS:
-        if out.get(key) is not None:
-            try:
-                out[key] = json.loads(out[key])
-            except ValueError:
-                out[key] = None
-    out["image_deleted"] = bool(out.get("image_deleted"))
-    return out
-
-
 class DaemonSource:
     """Adapts a running `Daemon` to the StatusSource protocol (thread-safe)."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.cfg = daemon.cfg
-        self.database = Path(daemon.store.database)
         self.images_dir = Path(daemon.store.images_dir).resolve()
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
+        #: The web threads' own reader, closed with the source.
+        self.records = RecordReader(daemon.store.database, daemon.store.images_dir)
         self._preview: Preview | None = None
         self._preview_error: str | None = None
         self._preview_wanted = 0.0
@@ -94,57 +70,21 @@ class DaemonSource:
 
     # --- records ---------------------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.database, timeout=5.0, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA query_only = ON")
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
-        return conn
-
-    def list_results(self, limit: int, before: int | None, flt: ResultFilter) -> ResultPage:
+    def list_results(self, limit: int, before: int | None, flt: RecordFilter) -> RecordPage:
         """See StatusSource."""
-        where: list[str] = ["id < ?"]
-        args: list[Any] = [before if before is not None else 2**63 - 1]
-        if flt.outcome:
-            where.append("outcome = ?")
-            args.append(flt.outcome)
-        if flt.date_from:
-            where.append("created_unix >= ?")
-            args.append(_day_start(flt.date_from))
-        if flt.date_to:
-            where.append("created_unix < ?")
-            args.append(_day_start(flt.date_to + timedelta(days=1)))
-        rows = (
-            self._db()
-            .execute(
-                f"SELECT * FROM results WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
-                (*args, limit + 1),
-            )
-            .fetchall()
-        )
-        items = [decode_row(r) for r in rows[:limit]]
-        more = len(rows) > limit
-        return ResultPage(items, items[-1]["id"] if more and items else None)
+        return self.records.page(limit, before, flt)
 
-    def get_result(self, record_id: int) -> dict[str, Any] | None:
+    def export(self, flt: RecordFilter) -> Iterator[Record]:
         """See StatusSource."""
-        row = self._db().execute("SELECT * FROM results WHERE id = ?", (record_id,)).fetchone()
-        return None if row is None else decode_row(row)
+        return self.records.export(flt)
 
-    def image_path(self, record_id: int) -> Path | None:
+    def get_result(self, record_id: int) -> Record | None:
+        """See StatusSource."""
+        return self.records.get(record_id)
+
+    def image_file(self, record: Record) -> Path | None:
         """See StatusSource; never a path outside the images folder."""
-        rec = self.get_result(record_id)
-        if rec is None or not rec.get("image_path") or rec.get("image_deleted"):
-            return None
-        path = (self.images_dir / rec["image_path"]).resolve()
-        if not path.is_relative_to(self.images_dir):
-            logger.warning("record %d names an image outside the images folder", record_id)
-            return None
-        return path
+        return self.records.image_file(record)
 
     # --- state and actions -------------------------------------------------------------------
 
@@ -154,8 +94,6 @@ class DaemonSource:
 
     def request_capture(self, sample_id: str | None) -> dict[str, Any]:
         """See StatusSource: the button's path, with trigger "web"."""
-        from leukoscope.appliance.daemon import NotReadyError
-
         seq = self.daemon.state.snapshot()["result_seq"]
         try:
             ticket = self.daemon.request_capture("web", sample_id)
@@ -213,9 +151,6 @@ class DaemonSource:
 
     # --- health, models, metrics ---------------------------------------------------------------
 
-    def _count(self) -> int:
-        return int(self._db().execute("SELECT COUNT(*) FROM results").fetchone()[0])
-
     def health(self) -> dict[str, Any]:
         """See StatusSource."""
         snap = self.status()
@@ -237,7 +172,7 @@ class DaemonSource:
             "cpu_temp_c": system.cpu_temperature_c(),
             "uptime_s": snap["uptime_s"],
             "system_uptime_s": system.system_uptime_s(),
-            "records": self._count(),
+            "records": self.records.count(),
             "versions": system.versions(),
         }
 
@@ -288,18 +223,12 @@ class DaemonSource:
     def metrics(self) -> dict[str, Any]:
         """See StatusSource."""
         snap = self.status()
-        db = self._db()
-        captures = {
-            r[0]: int(r[1])
-            for r in db.execute("SELECT outcome, COUNT(*) FROM results GROUP BY outcome")
-        }
+        captures = self.records.counts_by_outcome()
+        timings = self.records.recent_timings(STAGE_WINDOW)
         stages: dict[str, list[float]] = {}
-        rows = db.execute(
-            "SELECT timings_ms FROM results ORDER BY id DESC LIMIT ?", (STAGE_WINDOW,)
-        ).fetchall()
-        for (text,) in rows:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                for stage, ms in json.loads(text).items():
+        for stage_ms in timings:
+            for stage, ms in stage_ms.items():
+                with contextlib.suppress(ValueError, TypeError):
                     stages.setdefault(stage, []).append(float(ms) / 1000.0)
         summary = {}
         for stage, values in stages.items():
@@ -315,7 +244,7 @@ class DaemonSource:
             "ready": snap["ready"],
             "captures": captures,
             "faults": snap["faults"],
-            "stage_window": len(rows),
+            "stage_window": len(timings),
             "stage_seconds": summary,
             "disk_free_bytes": free,
             "model": snap["model"],
@@ -324,13 +253,9 @@ class DaemonSource:
         }
 
     def close(self) -> None:
-        """Stop the preview refresher and close every reader connection (idempotent)."""
+        """Stop the preview refresher and close the reader (idempotent)."""
         self._closing.set()
         self._wake.set()
         if self._refresher is not None:
             self._refresher.join(5.0)
-        with self._conns_lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+        self.records.close()

@@ -18,6 +18,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,13 @@ from typing import Any
 from PIL import Image
 
 from leukoscope import __version__
+from leukoscope.appliance.records import Record, RecordFilter, RecordPage
+from leukoscope.config import WebConfig
 from leukoscope.core.synthetic import SyntheticSmear, make_smear
-from leukoscope.web.source import CaptureRefusedError, Preview, ResultFilter, ResultPage
+from leukoscope.web import create_app
+from leukoscope.web.auth import write_password_file
+from leukoscope.web.server import WebServer
+from leukoscope.web.source import CaptureRefusedError, Preview
 
 MODEL = {"name": "fake-model", "version": "1.2.3", "sha256": "ab" * 32}
 #: The outcomes fake captures cycle through.
@@ -127,7 +134,7 @@ class FakeSource:
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.capture_s = capture_s
         self._lock = threading.Lock()
-        self._records: dict[int, dict[str, Any]] = {}
+        self._records: dict[int, Record] = {}
         self._next_id = 1
         self.phase = "ready"
         self.faults: dict[str, str] = {}
@@ -149,13 +156,15 @@ class FakeSource:
         image_deleted: bool = False,
         cells: dict[str, Any] | bool | None = None,
         retake_reasons: list[str] | None = None,
-    ) -> dict[str, Any]:
+        error: str | None = None,
+    ) -> Record:
         """Store one record (as the daemon would) and return it.
 
         Args:
             cells: its per-cell result; True: `fake_cells()` of its own photo; None: a
                 whole-field record.
             retake_reasons: for a retake (default ["out-of-focus"]).
+            error: its error (default: a camera time-out for a fault, else None).
         """
         with self._lock:
             rid = self._next_id
@@ -169,31 +178,32 @@ class FakeSource:
             path = self.images_dir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        rec = {
-            "id": rid,
-            "created_at": created.isoformat(timespec="milliseconds"),
-            "created_unix": created.timestamp(),
-            "trigger": "button",
-            "sample_id": sample_id,
-            "outcome": outcome,
-            "p_leukemia": None if outcome in ("retake", "fault") else p,
-            "probabilities": None
-            if outcome in ("retake", "fault")
-            else {"normal": round(1 - (p or 0), 4), "leukemia": p},
-            "retake_reasons": (retake_reasons or ["out-of-focus"]) if outcome == "retake" else [],
-            "quality": {"mean_luma": 180.0, "focus": 55.0, "stain": 0.2},
-            "timings_ms": {"capture": 10.0, "decode": 20.0, "quality": 5.0, "inference": 30.0},
-            "error": "camera: timed out" if outcome == "fault" else None,
-            "model_name": MODEL["name"],
-            "model_version": MODEL["version"],
-            "model_sha256": MODEL["sha256"],
-            "image_path": rel if image else None,
-            "image_sha256": "cd" * 32 if image else None,
-            "image_bytes": len(data) if image else None,
-            "image_deleted": image_deleted,
-            "image_deleted_at": None,
-            "cells": cells if isinstance(cells, dict) else None,
-        }
+        judged = outcome not in ("retake", "fault")
+        rec = Record(
+            id=rid,
+            created_at=created.isoformat(timespec="milliseconds"),
+            created_unix=created.timestamp(),
+            trigger="button",
+            sample_id=sample_id,
+            outcome=outcome,
+            p_leukemia=p if judged else None,
+            probabilities={"normal": round(1 - (p or 0), 4), "leukemia": p or 0.0}
+            if judged
+            else None,
+            retake_reasons=(retake_reasons or ["out-of-focus"]) if outcome == "retake" else [],
+            quality={"mean_luma": 180.0, "focus": 55.0, "stain": 0.2},
+            timings_ms={"capture": 10.0, "decode": 20.0, "quality": 5.0, "inference": 30.0},
+            error=error or ("camera: timed out" if outcome == "fault" else None),
+            model_name=MODEL["name"],
+            model_version=MODEL["version"],
+            model_sha256=MODEL["sha256"],
+            image_path=rel if image else None,
+            image_sha256="cd" * 32 if image else None,
+            image_bytes=len(data) if image else None,
+            image_deleted=image_deleted,
+            image_deleted_at=None,
+            cells=cells if isinstance(cells, dict) else None,
+        )
         with self._lock:
             self._records[rid] = rec
             self.result_seq += 1
@@ -207,7 +217,7 @@ class FakeSource:
             last = self._records[max(self._records)] if self._records else None
             counts: dict[str, int] = {}
             for r in self._records.values():
-                counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+                counts[r.outcome] = counts.get(r.outcome, 0) + 1
             return {
                 "phase": "fault" if self.faults else self.phase,
                 "ready": not self.faults and self.phase in ("ready", "busy"),
@@ -218,46 +228,49 @@ class FakeSource:
                 "model": dict(MODEL),
                 "model_error": None,
                 "reloads": 0,
-                "last_result": None if last is None else dict(last),
+                "last_result": None if last is None else last.to_json(),
                 "result_seq": self.result_seq,
                 "counts": counts,
                 "uptime_s": round(time.time() - self.started, 1),
             }
 
-    def _matching(self, flt: ResultFilter) -> list[dict[str, Any]]:
+    def _matching(self, flt: RecordFilter) -> list[Record]:
+        """The records `flt` selects, newest first, as a listing has them (no per-cell list)."""
         out = []
-        for r in self._records.values():
-            day = datetime.fromtimestamp(r["created_unix"], UTC).date()
-            if flt.outcome and r["outcome"] != flt.outcome:
+        with self._lock:
+            records = list(self._records.values())
+        for r in records:
+            day = datetime.fromtimestamp(r.created_unix, UTC).date()
+            if flt.outcome and r.outcome != flt.outcome:
                 continue
             if flt.date_from and day < flt.date_from:
                 continue
             if flt.date_to and day > flt.date_to:
                 continue
-            out.append(r)
-        return sorted(out, key=lambda r: -r["id"])
+            cells = None if r.cells is None else {k: v for k, v in r.cells.items() if k != "cells"}
+            out.append(replace(r, cells=cells))
+        return sorted(out, key=lambda r: -r.id)
 
-    def list_results(self, limit: int, before: int | None, flt: ResultFilter) -> ResultPage:
+    def list_results(self, limit: int, before: int | None, flt: RecordFilter) -> RecordPage:
+        """See StatusSource."""
+        rows = [r for r in self._matching(flt) if before is None or r.id < before]
+        page = rows[:limit]
+        return RecordPage(page, page[-1].id if len(rows) > limit and page else None)
+
+    def export(self, flt: RecordFilter) -> Iterator[Record]:
+        """See StatusSource."""
+        return iter(self._matching(flt))
+
+    def get_result(self, record_id: int) -> Record | None:
         """See StatusSource."""
         with self._lock:
-            rows = [r for r in self._matching(flt) if before is None or r["id"] < before]
-        page = [dict(r) for r in rows[: limit + 1]]
-        more = len(page) > limit
-        page = page[:limit]
-        return ResultPage(page, page[-1]["id"] if more and page else None)
+            return self._records.get(record_id)
 
-    def get_result(self, record_id: int) -> dict[str, Any] | None:
+    def image_file(self, record: Record) -> Path | None:
         """See StatusSource."""
-        with self._lock:
-            rec = self._records.get(record_id)
-            return None if rec is None else dict(rec)
-
-    def image_path(self, record_id: int) -> Path | None:
-        """See StatusSource."""
-        rec = self.get_result(record_id)
-        if rec is None or not rec["image_path"] or rec["image_deleted"]:
+        if not record.has_image or record.image_path is None:
             return None
-        return self.images_dir / rec["image_path"]
+        return self.images_dir / record.image_path
 
     def request_capture(self, sample_id: str | None) -> dict[str, Any]:
         """See StatusSource: refuses while busy (409) or faulty (503)."""
@@ -348,10 +361,10 @@ class FakeSource:
         """See StatusSource."""
         snap = self.status()
         with self._lock:
-            recent = sorted(self._records.values(), key=lambda r: -r["id"])[:100]
+            recent = sorted(self._records.values(), key=lambda r: -r.id)[:100]
         stages: dict[str, list[float]] = {}
         for r in recent:
-            for k, v in r["timings_ms"].items():
+            for k, v in r.timings_ms.items():
                 stages.setdefault(k, []).append(v / 1000.0)
         return {
             "ready": snap["ready"],
@@ -376,11 +389,6 @@ def utc_days_ago(days: int) -> datetime:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve the status page over fake records (whole-field and cells) until Ctrl-C."""
-    from leukoscope.config import WebConfig
-    from leukoscope.web import create_app
-    from leukoscope.web.auth import write_password_file
-    from leukoscope.web.server import WebServer
-
     parser = argparse.ArgumentParser(prog="python -m leukoscope.web.fake", description=main.__doc__)
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument(

@@ -16,12 +16,14 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import BadRequest, TooManyRequests
 
-from leukoscope.web import ctx, error_response, login_required, params
+from leukoscope.appliance.records import OUTCOMES
+from leukoscope.web import params
 from leukoscope.web.api import listing_args, public, status_json
 from leukoscope.web.auth import MAX_PASSWORD_CHARS, PasswordFileError, new_csrf_token
+from leukoscope.web.common import ctx, error_response, login_required
 from leukoscope.web.overlay import cell_view
 from leukoscope.web.reasons import reason_text
-from leukoscope.web.source import OUTCOMES, CaptureRefusedError
+from leukoscope.web.source import CaptureRefusedError
 
 bp = Blueprint("pages", __name__)
 
@@ -58,7 +60,7 @@ def history() -> tuple[str, int]:
     return _page(
         "history.html",
         active="history",
-        items=[public(r, full=False) for r in page.items],
+        items=[public(r.to_json(), full=False) for r in page.items],
         flt=flt,
         outcomes=OUTCOMES,
         older=older,
@@ -75,7 +77,7 @@ def result(record_id: str) -> tuple[str, int]:
     rec = ctx().source.get_result(rid)
     if rec is None:
         return _page("error.html", 404, status=404, message=f"no result with id {rid}")
-    return _page("result.html", active="history", r=public(rec), cv=cell_view(rec.get("cells")))
+    return _page("result.html", active="history", r=public(rec.to_json()), cv=cell_view(rec.cells))
 
 
 @bp.get("/model")

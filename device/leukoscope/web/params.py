@@ -8,7 +8,7 @@ from datetime import date
 
 from werkzeug.exceptions import BadRequest
 
-from leukoscope.web.source import OUTCOMES, ResultFilter
+from leukoscope.appliance.records import OUTCOMES, RecordFilter
 
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 20
@@ -70,7 +70,7 @@ def known_only(args: Iterable[str], allowed: frozenset[str]) -> None:
         raise BadRequest(f"unknown parameter {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
 
 
-def result_filter(args: dict[str, str]) -> ResultFilter:
+def result_filter(args: dict[str, str]) -> RecordFilter:
     """The outcome and date range of a listing or an export."""
     outcome = args.get("verdict") or None
     if outcome is not None and outcome not in OUTCOMES:
@@ -79,7 +79,7 @@ def result_filter(args: dict[str, str]) -> ResultFilter:
     date_to = day(args.get("date_to"), "date_to")
     if date_from and date_to and date_from > date_to:
         raise BadRequest("date_from must not be after date_to")
-    return ResultFilter(outcome, date_from, date_to)
+    return RecordFilter(outcome, date_from, date_to)
 
 
 def sample_id(raw: object) -> str | None:

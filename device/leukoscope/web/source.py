@@ -4,22 +4,19 @@ The web app never touches the camera, the model or the database directly; it goe
 a `StatusSource`. `leukoscope.web.daemon_source` adapts the running daemon to it, and
 `leukoscope.web.fake` is a fake that behaves like one (tests, the page's own demo).
 
-Records are plain dicts with the store's columns (`id`, `created_at`, `outcome`,
-`p_leukemia`, `quality`, `timings_ms`, `sample_id`, `model_*`, `image_*`, ...), so the
-JSON API can hand them out as they are.
+Records are `leukoscope.appliance.records.Record`s, read by the one `RecordReader`;
+the JSON API hands out their `to_json()` form.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any, Protocol
 
+from leukoscope.appliance.records import Record, RecordFilter, RecordPage
 from leukoscope.core.errors import LeukoscopeError
-
-#: Outcomes a record can have: the four verdicts, or a fault.
-OUTCOMES = ("no-leukemia-suspected", "leukemia-suspected", "indeterminate", "retake", "fault")
 
 
 class CaptureRefusedError(LeukoscopeError, RuntimeError):
@@ -28,23 +25,6 @@ class CaptureRefusedError(LeukoscopeError, RuntimeError):
     def __init__(self, message: str, status: int = 409) -> None:
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True)
-class ResultFilter:
-    """Which records a listing wants: an outcome and a date range (UTC days, inclusive)."""
-
-    outcome: str | None = None
-    date_from: date | None = None
-    date_to: date | None = None
-
-
-@dataclass(frozen=True)
-class ResultPage:
-    """One page of records, newest first; `next_before` is the id to continue below."""
-
-    items: list[dict[str, Any]]
-    next_before: int | None
 
 
 @dataclass(frozen=True)
@@ -64,13 +44,17 @@ class StatusSource(Protocol):
     def status(self) -> dict[str, Any]:
         """The daemon's state: phase, ready, faults, indicator, model, last result, counts."""
 
-    def list_results(self, limit: int, before: int | None, flt: ResultFilter) -> ResultPage:
-        """Up to `limit` records older than id `before` (all if None), newest first."""
+    def list_results(self, limit: int, before: int | None, flt: RecordFilter) -> RecordPage:
+        """Up to `limit` records older than id `before` (None: from the newest), newest
+        first, without their per-cell lists."""
 
-    def get_result(self, record_id: int) -> dict[str, Any] | None:
+    def export(self, flt: RecordFilter) -> Iterable[Record]:
+        """Every record matching `flt`, newest first, without their per-cell lists."""
+
+    def get_result(self, record_id: int) -> Record | None:
         """One record, or None."""
 
-    def image_path(self, record_id: int) -> Path | None:
+    def image_file(self, record: Record) -> Path | None:
         """The file of a record's image, or None if it has none (or it was deleted)."""
 
     def request_capture(self, sample_id: str | None) -> dict[str, Any]:
