@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -25,10 +26,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import cv2
 
 from leukoscope.core.synthetic import make_smear
+from leukoscope.web.auth import write_password_file
 
 #: Targets from the status page's issue.
 P95_TARGET_MS = 100.0
@@ -153,8 +156,6 @@ def running_daemon(
     **web: Any,
 ) -> Iterator[DaemonProcess]:
     """A daemon on replay stills in `workdir`, stopped on exit."""
-    from leukoscope.web.auth import write_password_file
-
     images = workdir / "stills"
     write_stills(images, stills, size)
     port = free_port()
@@ -197,9 +198,6 @@ class Session:
         return resp.status, data, resp
 
     def login(self, password: str) -> None:
-        import re
-        from urllib.parse import urlencode
-
         _, page, _ = self.request("GET", "/login")
         token = re.search(rb'name="csrf-token" content="([^"]+)"', page)
         if token is None:

@@ -10,22 +10,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from leukoscope.app import EXIT_CONFIG, run
+from leukoscope.appliance.control import request
+from leukoscope.bench.daemon import bench_daemon
 from leukoscope.cli.args import positive_int, positive_seconds
+from leukoscope.config import Config, config_path, load_config
 from leukoscope.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from leukoscope.config import config_path, load_config
-
+def _load(args: argparse.Namespace) -> Config:
     return load_config(config_path(args.config))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the appliance daemon in the foreground until SIGTERM."""
-    from leukoscope.app import EXIT_CONFIG, run
-
     try:
         cfg = _load(args)
     except ConfigError as exc:
@@ -45,8 +45,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file and print what it selects."""
-    from leukoscope.config import load_config
-
     try:
         cfg = load_config(args.file)
     except ConfigError as exc:
@@ -61,8 +59,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_capture(args: argparse.Namespace) -> int:
     """Ask the running daemon for a capture and print the result as JSON."""
-    from leukoscope.appliance.control import request
-
     cfg = _load(args)
     if args.via_button:
         payload: dict[str, Any] = {"cmd": "press-button", "wait_s": args.timeout}
@@ -77,8 +73,6 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the running daemon's state as JSON."""
-    from leukoscope.appliance.control import request
-
     reply = request(_load(args).paths.control_socket, {"cmd": "status"}, timeout=10)
     print(json.dumps(reply, indent=2))
     return 0 if reply.get("ok") else 1
@@ -86,8 +80,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_bench_daemon(args: argparse.Namespace) -> int:
     """Time the real daemon on replay stills (see leukoscope.bench.daemon)."""
-    from leukoscope.bench.daemon import bench_daemon
-
     return bench_daemon(args.bundle, captures=args.captures, workdir=args.workdir)
 
 

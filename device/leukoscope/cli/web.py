@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from leukoscope.bench import web as bench_web
 from leukoscope.cli.args import positive_int
+from leukoscope.config import config_path, load_config
+from leukoscope.web.auth import write_password_file
 
 
 def cmd_set_password(args: argparse.Namespace) -> int:
     """Ask for the status page's password and store its salted hash (mode 0600)."""
-    from leukoscope.config import config_path, load_config
-    from leukoscope.web.auth import write_password_file
-
     path = args.file or load_config(config_path(args.config)).web.password_file
     try:
         if args.stdin:
@@ -42,9 +42,7 @@ def cmd_set_password(args: argparse.Namespace) -> int:
 
 def cmd_bench_web(args: argparse.Namespace) -> int:
     """Load-test /api/status on loopback while captures run back to back."""
-    from leukoscope.bench.web import main
-
-    return main(
+    return bench_web.main(
         args.bundle,
         clients=args.clients,
         captures=args.captures,
