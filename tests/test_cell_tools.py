@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from leukoscope.analysis.cells import CellSettings, SlideFeatures, slide_score
+from leukoscope_tools.cli import main
 from leukoscope_tools.data.cells import (
     DEFAULT_SPLIT,
+    SOURCES,
     CellRow,
     CellSet,
     PhotoRow,
@@ -23,13 +27,19 @@ from leukoscope_tools.data.cells import (
     kaggle_label,
     label_idb1_cells,
     load,
-    read_split_table,
     save,
 )
+from leukoscope_tools.data.photos import Row, read_table, write_table
 from leukoscope_tools.evaluate.cell_compare import compare, paired_auc_diff, render, spread, verdict
-from leukoscope_tools.evaluate.detection import MATCH_UM, read_xyc
+from leukoscope_tools.evaluate.detection import (
+    MATCH_UM,
+    SlideResult,
+    format_whole_field_split,
+    read_xyc,
+    whole_field_split,
+)
+from leukoscope_tools.ship.cells import render_card
 from leukoscope_tools.train.cells import (
-    SOURCES,
     cell_weights,
     lower_magnification,
     select,
@@ -37,11 +47,14 @@ from leukoscope_tools.train.cells import (
 )
 from leukoscope_tools.train.slide import (
     balanced_weights,
+    choose_slide_model,
     design,
     fit_logistic,
     fit_slide_model,
     scores,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------- labels
 
@@ -319,15 +332,15 @@ def test_spread_ignores_missing_values() -> None:
 
 @pytest.fixture(scope="module")
 def small_set(shared_data: Path) -> CellSet:
-    return build(shared_data, limit=12)
+    return build(shared_data, split_path=REPO / DEFAULT_SPLIT, limit=12)
 
 
 def test_real_cell_set_keeps_the_whole_field_split(shared_data: Path, small_set: CellSet) -> None:
-    table = {r["path"]: r for r in read_split_table(DEFAULT_SPLIT)}
+    table = {r.path: r for r in read_table(REPO / DEFAULT_SPLIT)}
     groups: dict[str, set[str]] = {}
     for ph in small_set.photos:
         want = table[ph.path]
-        assert (ph.split, ph.group) == (want["split"], want["group"])
+        assert (ph.split, ph.group) == (want.split, want.group)
         assert ph.split in ("train", "val", "test")  # excluded photos stay out
         groups.setdefault(ph.group, set()).add(ph.split)
     assert all(len(s) == 1 for s in groups.values())
@@ -363,8 +376,6 @@ def test_real_cell_labels_follow_their_sources(shared_data: Path, small_set: Cel
 
 
 def test_model_card_quotes_the_comparison_and_the_parity(tmp_path: Path) -> None:
-    from leukoscope_tools.ship.cells import render_card
-
     cs = _fake_set(48)
     runs, wf = _fake_runs(tmp_path, cs)
     res = compare(tmp_path, cs, runs, wf)
@@ -392,10 +403,6 @@ def test_model_card_quotes_the_comparison_and_the_parity(tmp_path: Path) -> None
 
 
 def test_cell_cut_is_chosen_where_the_blast_fraction_separates() -> None:
-    from dataclasses import replace
-
-    from leukoscope_tools.train.slide import choose_slide_model
-
     cs = _fake_set(90, seed=3)
     cs.photos = [replace(ph, area_um2=1000.0) for ph in cs.photos]  # density says nothing
     rng = np.random.default_rng(5)
@@ -428,26 +435,62 @@ def test_paired_auc_difference_and_its_interval() -> None:
 def test_cells_cli_names_a_missing_data_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from leukoscope_tools.cli import main
-
     rc = main(["cells", "dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and "nope/all-idb1: no such folder" in err
     assert not (tmp_path / "out").exists()
 
 
-def test_shipped_cells_report_is_its_numbers_rendered() -> None:
-    import re
+@pytest.mark.parametrize("step", ["dataset", "train", "compare", "ship", "eval", "experiment"])
+def test_every_cells_step_shows_its_own_options(
+    step: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["cells", step, "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert out.startswith(f"usage: leukoscope-tools cells {step} ")
+    assert "--out" in out or "--report" in out
 
-    bundle_dir = Path(__file__).resolve().parent.parent / "models" / "default"
+
+def test_cells_train_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["cells", "train", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--seed", "--sources", "--epoch-size", "--lowmag", "--cross-splits"):
+        assert option in out
+
+
+def test_compare_report_records_the_command_that_made_it(tmp_path: Path) -> None:
+    cs = _fake_set(48)
+    runs, wf = _fake_runs(tmp_path, cs)
+    save(cs, tmp_path / "cells")
+    argv = ["cells", "compare", str(tmp_path), str(tmp_path / "cells"), "--runs", str(runs)]
+    argv += ["--whole-field", str(wf), "--out", str(tmp_path / "report" / "COMPARE.md")]
+    assert main(argv) == 0
+    res = json.loads((tmp_path / "report" / "compare.json").read_text())
+    assert res["command"] == "leukoscope-tools " + " ".join(argv)
+    text = (tmp_path / "report" / "COMPARE.md").read_text()
+    assert f"Generated by `{res['command']}`;" in text
+    assert render(res) == text
+    best = next(r for r in res["cells"] if r["seed"] == res["best_seed"])
+    assert f"generated by `{res['command']}`" in render_card(res, best, None)
+
+
+def test_shipped_cells_report_is_its_numbers_rendered() -> None:
+    bundle_dir = REPO / "models" / "default"
     if not (bundle_dir / "compare.json").is_file():
         pytest.skip("no shipped cells bundle")
     res = json.loads((bundle_dir / "compare.json").read_text())
     text = (bundle_dir / "COMPARE.md").read_text()
     found = re.search(r"Generated by `([^`]+)`", text)
     assert found
+    # That compare.json predates recording the command, and its report named the script
+    # after the command; newer reports take the command from compare.json.
+    command = res.get("command", found.group(1))
+    text = text.replace(f"`{command}` (tools/cell_compare.py);", f"`{command}`;", 1)
     # Every number of COMPARE.md is compare.json's, rendered by the code, not typed.
-    assert render(res, found.group(1)) == text
+    assert render(res, command) == text
     card = (bundle_dir / "MODEL_CARD.md").read_text()
     for line in verdict(res):
         assert line in card
@@ -459,19 +502,18 @@ def test_shipped_cells_report_is_its_numbers_rendered() -> None:
 
 
 def test_detection_is_judged_on_the_whole_field_split(tmp_path: Path) -> None:
-    from leukoscope_tools.evaluate.detection import (
-        SlideResult,
-        format_whole_field_split,
-        whole_field_split,
-    )
-
     split_csv = tmp_path / "split.csv"
-    split_csv.write_text(
-        "path,source,split\n"
-        "all-idb1/all/Im001_1.jpg,all-idb1,test\n"
-        "all-idb1/all/Im002_1.jpg,all-idb1,test\n"
-        "all-idb1/normal/Im090_0.jpg,all-idb1,test\n"
-        "kaggle-all/benign/x.jpg,kaggle-all,test\n"
+    write_table(
+        [
+            Row(path, source, "x", "x", "0", 1, 1, "0", -1, split="test")
+            for path, source in (
+                ("all-idb1/all/Im001_1.jpg", "all-idb1"),
+                ("all-idb1/all/Im002_1.jpg", "all-idb1"),
+                ("all-idb1/normal/Im090_0.jpg", "all-idb1"),
+                ("kaggle-all/benign/x.jpg", "kaggle-all"),
+            )
+        ],
+        split_csv,
     )
     wf = whole_field_split(split_csv)
     assert wf == {"Im001_1": "test", "Im002_1": "test", "Im090_0": "test"}

@@ -5,6 +5,7 @@
 # Measured for the whole-field part: 23 min wall on the shared 2-core machine, giving a byte-identical model.tflite
 # (training is seeded and deterministic on CPU). SEED 0 is the shipped run's seed.
 # RUNS, TABLE and LEUKOSCOPE_TOOLS_CACHE move the work folders (default under .run/).
+# Run it from the repository root: the tools' default paths (models/...) are relative to it.
 set -euo pipefail
 DATA=${1:-../shared/data}
 OUT=${2:-models/whole-field}

@@ -6,10 +6,25 @@ import argparse
 import getpass
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from leukoscope.core.errors import LeukoscopeError
+from leukoscope_tools.data import cells as cell_dataset
+from leukoscope_tools.data import idb2_sources
+from leukoscope_tools.data.photos import build_table, read_table, write_table
+from leukoscope_tools.evaluate import cell_compare, cell_experiment, detection
+from leukoscope_tools.evaluate.compare import run_compare
+from leukoscope_tools.evaluate.field import reevaluate
+from leukoscope_tools.ship import cells as cell_ship
+from leukoscope_tools.ship.push import DEFAULT_INCOMING, DEFAULT_REMOTE, SshOptions, push
+from leukoscope_tools.ship.quantize import quantize_run
+from leukoscope_tools.ship.report import make_bundle, metrics_table
+from leukoscope_tools.ship.sign import allowed_signers_line, fingerprint, sign_bundle
+from leukoscope_tools.train import cells as cell_train
+from leukoscope_tools.train.field import TrainConfig, train_on_table
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +33,6 @@ DEFAULT_TABLE = Path(".run/split.csv")
 
 def cmd_dataset(args: argparse.Namespace) -> int:
     """Index, find duplicates and overlaps, split by group, write the table."""
-    from leukoscope_tools.data.photos import build_table, write_table
-
     label_map = None
     if args.label_map:
         label_map = dict(item.split("=", 1) for item in args.label_map.split(","))
@@ -43,9 +56,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace) -> object:
-    from leukoscope_tools.train.field import TrainConfig
-
+def _train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         arch=args.arch,
         seed=args.seed,
@@ -58,11 +69,7 @@ def _train_config(args: argparse.Namespace) -> object:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one network on the table's training split."""
-    from leukoscope_tools.data.photos import read_table
-    from leukoscope_tools.train.field import TrainConfig, train_on_table
-
     cfg = _train_config(args)
-    assert isinstance(cfg, TrainConfig)
     result = train_on_table(read_table(args.table), args.data, cfg, args.out)
     print(
         f"{args.out}: best epoch {result.best_epoch}, validation AUC {result.best_val_auc}, "
@@ -73,9 +80,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Convert a run to int8 TFLite and check its agreement with the Keras model."""
-    from leukoscope_tools.data.photos import read_table
-    from leukoscope_tools.ship.quantize import quantize_run
-
     report = quantize_run(
         args.run, read_table(args.table), args.data, min_agreement=args.min_agreement
     )
@@ -89,9 +93,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     """Choose thresholds on validation, evaluate, write figures, report, card and bundle."""
-    from leukoscope_tools.data.photos import read_table
-    from leukoscope_tools.ship.report import make_bundle
-
     out = make_bundle(
         args.run,
         read_table(args.table),
@@ -106,9 +107,6 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Re-evaluate a bundle on its recorded test split and compare with its manifest."""
-    from leukoscope_tools.evaluate.field import reevaluate
-    from leukoscope_tools.ship.report import metrics_table
-
     now, diffs = reevaluate(args.bundle, args.data)
     if now:
         sections = {"test all": now["overall"]}
@@ -125,9 +123,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """The three architectures and several seeds on one split, plus the paper's protocol."""
-    from leukoscope_tools.data.photos import read_table
-    from leukoscope_tools.evaluate.compare import run_compare
-
     path = run_compare(
         read_table(args.table),
         args.data,
@@ -151,8 +146,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     """Sign a bundle's manifest with an SSH key (manifest.json.sig)."""
-    from leukoscope_tools.ship.sign import allowed_signers_line, fingerprint, sign_bundle
-
     sig = sign_bundle(args.bundle, args.key)
     print(f"signed {args.bundle} with {fingerprint(args.key)}: {sig}")
     print("a Pi trusts this key with this line in its allowed_signers file:")
@@ -162,8 +155,6 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     """Copy a bundle to Pis over SSH and install it there; non-zero if any host failed."""
-    from leukoscope_tools.ship.push import DEFAULT_INCOMING, DEFAULT_REMOTE, SshOptions, push
-
     ssh = SshOptions(
         port=args.port,
         identity=args.identity,
@@ -182,21 +173,16 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-#: `leukoscope-tools cells STEP ...`: the cell-mode steps, each a module's own command line.
-CELL_STEPS = {
-    "dataset": "leukoscope_tools.data.cells",
-    "train": "leukoscope_tools.train.cells",
-    "compare": "leukoscope_tools.evaluate.cell_compare",
-    "ship": "leukoscope_tools.ship.cells",
+#: `leukoscope-tools cells STEP ...`: each step's module, and its one-line help.
+CELL_STEPS: dict[str, tuple[ModuleType, str]] = {
+    "dataset": (cell_dataset, "cache every photo's cell crops and labels"),
+    "train": (cell_train, "train one cell classifier on the cached crops"),
+    "compare": (cell_compare, "compare cells, whole-field and count; write COMPARE.md"),
+    "ship": (cell_ship, "export the best seed and write the cells bundle"),
+    "eval": (detection, "measure white-cell detection on ALL-IDB1"),
+    "experiment": (cell_experiment, "the ALL-IDB1-only cell classifier experiment"),
+    "idb2-sources": (idb2_sources, "locate ALL-IDB2 crops on their ALL-IDB1 slides"),
 }
-
-
-def cmd_cells(args: argparse.Namespace) -> int:
-    """Run one cell-mode step with its own arguments."""
-    import importlib
-
-    module = importlib.import_module(CELL_STEPS[args.step])
-    return int(module.main(list(args.args)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,21 +290,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "cells",
-        help="cell mode: dataset, train, compare, ship (STEP --help for each)",
+        help="cell mode: dataset, train, compare, ship, ... (STEP --help for each)",
         description="Cell mode, step by step: `dataset` caches every photo's cell crops, "
         "`train` trains one cell classifier, `compare` writes the comparison report, "
-        "`ship` exports the best seed and writes the cells bundle (see tools/reproduce.sh).",
+        "`ship` exports the best seed and writes the cells bundle (see tools/reproduce.sh); "
+        "`eval` measures the white-cell detector, `experiment` is the first ALL-IDB1-only "
+        "classifier, `idb2-sources` places ALL-IDB2's crops on their slides.",
     )
-    p.add_argument("step", choices=sorted(CELL_STEPS))
-    p.add_argument("args", nargs=argparse.REMAINDER, help="the step's own arguments")
-    p.set_defaults(func=cmd_cells)
+    steps = p.add_subparsers(dest="step", required=True, metavar="STEP")
+    for name, (module, summary) in CELL_STEPS.items():
+        doc = module.__doc__ or summary
+        step = steps.add_parser(
+            name,
+            help=summary,
+            description=doc.split("\n\n")[0],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(step)
+        step.set_defaults(func=module.run_command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `leukoscope-tools` console script."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    # What a report records as the command that made it: the arguments really given.
+    args.invocation = shlex.join(["leukoscope-tools", *argv])
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

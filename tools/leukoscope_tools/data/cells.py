@@ -26,7 +26,7 @@ Scale: ALL-IDB1 photos use the red-cell ruler. kaggle-all's 224x224 photos mostl
 it, so a calibrated kaggle scale (the median ruler value over kaggle TRAIN photos where it
 works) is used on photos where the ruler fails; each photo records which.
 
-    python -m leukoscope_tools.data.cells ../shared/data --out build/cells
+    leukoscope-tools cells dataset ../shared/data --out build/cells
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ import argparse
 import csv
 import json
 import logging
-import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,13 +48,18 @@ from leukoscope.analysis.detection import Detection, WhiteCell, detect_white_cel
 from leukoscope.analysis.preprocess import PreprocessParams
 from leukoscope.core.errors import ImageError
 from leukoscope.core.imageio import load_image
+from leukoscope_tools.data.idb2_sources import read_idb2_sources
+from leukoscope_tools.data.photos import LEUKEMIA, SPLITS, Row, read_table
 from leukoscope_tools.evaluate.detection import MATCH_UM, match, read_xyc
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SPLIT = REPO / "models/whole-field/split.csv"
-DEFAULT_IDB2 = REPO / "models/reports/all-idb2-sources.csv"
+#: The whole-field bundle's split and the located ALL-IDB2 crops, relative to the
+#: current folder (the repository root, where the README's commands run).
+DEFAULT_SPLIT = Path("models/whole-field/split.csv")
+DEFAULT_IDB2 = Path("models/reports/all-idb2-sources.csv")
+#: The photo sources cell mode trains and judges on.
+SOURCES = ("all-idb1", "kaggle-all")
 #: A located ALL-IDB2 crop: its template match scored at least this.
 IDB2_MIN_SCORE = 0.9
 #: Bump when the cache's content changes meaning.
@@ -134,10 +139,9 @@ class CellSet:
         return np.asarray([getattr(c, name) for c in self.cells])
 
 
-def read_split_table(path: Path) -> list[dict[str, str]]:
-    """The whole-field model's split rows (path, source, label, cls, group, split)."""
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+def y_of(photos: Sequence[PhotoRow]) -> np.ndarray:
+    """1 for a leukemia photo, 0 for a normal one."""
+    return np.array([int(p.label == LEUKEMIA) for p in photos], np.int64)
 
 
 def kaggle_label(cls: str) -> int:
@@ -159,22 +163,16 @@ def label_idb1_cells(
     return np.where(used, 1, -1).astype(np.int64), missed
 
 
-def read_idb2_sources(path: Path) -> list[dict[str, str]]:
-    """all-idb2-sources.csv rows: crop, label, slide, x, y, score."""
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def calibrate_kaggle(data: Path, rows: list[dict[str, str]]) -> tuple[float, dict[str, int]]:
+def calibrate_kaggle(data: Path, rows: Sequence[Row]) -> tuple[float, dict[str, int]]:
     """Median red-cell scale over kaggle-all TRAIN photos where the ruler works."""
     values = []
     tried = 0
     for r in rows:
-        if r["source"] != "kaggle-all" or r["split"] != "train":
+        if r.source != "kaggle-all" or r.split != "train":
             continue
         tried += 1
         try:
-            values.append(estimate_scale(load_image(data / r["path"])).px_per_um)
+            values.append(estimate_scale(load_image(data / r.path)).px_per_um)
         except ImageError:
             continue
     if not values:
@@ -191,7 +189,7 @@ def build(
     *,
     split_path: Path = DEFAULT_SPLIT,
     idb2_path: Path = DEFAULT_IDB2,
-    sources: tuple[str, ...] = ("all-idb1", "kaggle-all"),
+    sources: tuple[str, ...] = SOURCES,
     limit: int = 0,
 ) -> CellSet:
     """Detect, label and crop every photo of `sources` in the split (limit: photos per source)."""
@@ -199,11 +197,11 @@ def build(
     for source in sources:
         if not (data / source).is_dir():
             raise FileNotFoundError(f"{data / source}: no such folder (the data root?)")
-    table = [r for r in read_split_table(split_path) if r["source"] in sources]
-    excluded = Counter(r["source"] for r in table if r["split"] not in ("train", "val", "test"))
-    table = [r for r in table if r["split"] in ("train", "val", "test")]
+    table = [r for r in read_table(split_path) if r.source in sources]
+    excluded = Counter(r.source for r in table if r.split not in SPLITS)
+    table = [r for r in table if r.split in SPLITS]
     if limit:
-        table = [r for s in sources for r in [t for t in table if t["source"] == s][:limit]]
+        table = [r for s in sources for r in [t for t in table if t.source == s][:limit]]
     summary: dict[str, object] = {"version": CACHE_VERSION, "excluded_photos": dict(excluded)}
     kaggle_scale = None
     if "kaggle-all" in sources:
@@ -212,12 +210,12 @@ def build(
         logger.info("kaggle-all calibrated scale %.3f px/um (%s)", kaggle_scale, info)
     idb2 = read_idb2_sources(idb2_path) if "all-idb1" in sources else []
     idb2_by_slide: dict[str, list[dict[str, str]]] = {}
-    for r in idb2:
-        if float(r["score"]) >= IDB2_MIN_SCORE:
-            idb2_by_slide.setdefault(r["slide"], []).append(r)
+    for located in idb2:
+        if float(located["score"]) >= IDB2_MIN_SCORE:
+            idb2_by_slide.setdefault(located["slide"], []).append(located)
     summary["all_idb2"] = {
         "crops": len(idb2),
-        "unlocated": sum(float(r["score"]) < IDB2_MIN_SCORE for r in idb2),
+        "unlocated": sum(float(loc["score"]) < IDB2_MIN_SCORE for loc in idb2),
     }
     idb2_stats: Counter[str] = Counter()
     crops: list[np.ndarray] = []
@@ -227,23 +225,23 @@ def build(
     t0 = time.perf_counter()
     n_crops = 0
     for i, r in enumerate(table):
-        rgb = load_image(data / r["path"])
-        if r["source"] == "kaggle-all":
+        rgb = load_image(data / r.path)
+        if r.source == "kaggle-all":
             assert kaggle_scale is not None
             det = detect_white_cells(rgb, default_px_per_um=kaggle_scale)
         else:
             det = detect_white_cells(rgb)
         scale_source = "calibrated" if det.scale.source == "default" else det.scale.source
-        scale_use[f"{r['source']} {scale_source}"] += 1
+        scale_use[f"{r.source} {scale_source}"] += 1
         chosen = select_cells(det.cells, settings.max_cells)
         xy = np.array([(c.x, c.y) for c in chosen], np.float64).reshape(-1, 2)
-        stem = Path(r["path"]).stem
-        if r["source"] == "kaggle-all":
-            y_cells = np.full(len(chosen), kaggle_label(r["cls"]), np.int64)
+        stem = Path(r.path).stem
+        if r.source == "kaggle-all":
+            y_cells = np.full(len(chosen), kaggle_label(r.cls), np.int64)
             kinds = ["kaggle-photo"] * len(chosen)
             extra: list[WhiteCell] = []
         else:
-            healthy = r["label"] == "normal"
+            healthy = r.label == "normal"
             blasts = read_xyc(data / "all-idb1" / "xyc" / f"{stem}.xyc")
             y_cells, missed = label_idb1_cells(xy, blasts, det.scale.px_per_um, healthy)
             kinds = [
@@ -286,12 +284,12 @@ def build(
         photos.append(
             PhotoRow(
                 photo=len(photos),
-                path=r["path"],
-                source=r["source"],
-                label=r["label"],
-                cls=r["cls"],
-                group=r["group"],
-                split=r["split"],
+                path=r.path,
+                source=r.source,
+                label=r.label,
+                cls=r.cls,
+                group=r.group,
+                split=r.split,
                 width=rgb.shape[1],
                 height=rgb.shape[0],
                 px_per_um=round(det.scale.px_per_um, 4),
@@ -397,22 +395,19 @@ def load(out: Path, *, mmap: bool = True) -> CellSet:
     return CellSet(crops, cells, photos, summary)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Build (or rebuild) the cached cell set and print its summary."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """`leukoscope-tools cells dataset`'s arguments."""
     ap.add_argument("data", type=Path)
     ap.add_argument("--out", type=Path, default=Path("build/cells"))
     ap.add_argument("--limit", type=int, default=0, help="photos per source (a quick look)")
     ap.add_argument(
         "--split", type=Path, default=DEFAULT_SPLIT, help="the whole-field bundle's split.csv"
     )
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Build (or rebuild) the cached cell set and print its summary."""
     cs = build(args.data, split_path=args.split, limit=args.limit)
     save(cs, args.out)
     print(json.dumps(cs.summary, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ ALL-IDB2's 257x257 crops are cut from ALL-IDB1 slides, so a split that ignores t
 source leaks. This writes one row per crop (no pixels): crop, label, slide, x, y, score.
 Matching runs at 1/8 scale over every slide, then at full scale near the best hit.
 
-    python -m leukoscope_tools.data.idb2_sources ../shared/data \
+    leukoscope-tools cells idb2-sources ../shared/data \
         --out models/reports/all-idb2-sources.csv
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
 import cv2
@@ -73,12 +72,20 @@ def locate(data: Path) -> list[dict[str, str | float]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Locate every crop and write the CSV."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def read_idb2_sources(path: Path) -> list[dict[str, str]]:
+    """The rows `locate` wrote: crop, label, slide, x, y, score."""
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """`leukoscope-tools cells idb2-sources`'s arguments."""
     ap.add_argument("data", type=Path)
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Locate every crop and write the CSV."""
     rows = locate(args.data)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as f:
@@ -88,7 +95,3 @@ def main(argv: list[str] | None = None) -> int:
     scores = np.array([float(r["score"]) for r in rows])
     print(f"{len(rows)} crops; score median {np.median(scores):.3f}, min {scores.min():.3f}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

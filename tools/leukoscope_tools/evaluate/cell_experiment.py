@@ -7,7 +7,7 @@ on leukemia slides (other white cells, unannotated, or false) are left out. Trai
 the detector's tuning slides, testing its held-out slides (the same group split), so no
 field is on both sides. Not a shipped model: numbers for the comparison in the report.
 
-    python -m leukoscope_tools.evaluate.cell_experiment ../shared/data --seeds 0 1 2
+    leukoscope-tools cells experiment ../shared/data --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from leukoscope_tools.evaluate.detection import (
 )
 from leukoscope_tools.evaluate.metrics import roc_auc
 from leukoscope_tools.train.cells import symmetries
+from leukoscope_tools.train.loop import new_model
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,15 @@ CROP_UM = 24.0
 CROP_PX = 128
 
 
-def build_crops(data: Path, cache: Path) -> dict[str, np.ndarray]:
-    """Crops, labels (1 blast, 0 normal) and slide names, cached as one .npz."""
+def build_crops(data: Path, cache: Path, split_file: Path) -> dict[str, np.ndarray]:
+    """Crops, labels (1 blast, 0 normal) and slide names, cached as one .npz.
+
+    `split_file` is the detector's tune/held-out split (`leukoscope-tools cells eval`).
+    """
     if cache.exists():
         with np.load(cache) as z:
             return {k: z[k] for k in z.files}
-    split = read_split(DEFAULT_SPLIT)
+    split = read_split(split_file)
     xs, ys, names, sides, sizes, counts = [], [], [], [], [], {}
     for slide in list_slides(data):
         rgb = load_image(slide.path)
@@ -96,20 +99,11 @@ def train_and_score(
     d: dict[str, np.ndarray], seed: int, epochs: int
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Train on the tune slides' crops; return held-out crop probabilities and timings."""
-    import keras
-
-    from leukoscope_tools.train.models import build_model
-
-    keras.utils.set_random_seed(seed)
+    model = new_model("thanh", seed, 1e-3, "sparse_categorical_crossentropy")
     rng = np.random.default_rng(seed)
     train = d["split"] == "tune"
     x_tr, y_tr = d["x"][train], d["y"][train]
     x_te = d["x"][~train].astype(np.float32) / 255.0
-    model = build_model("thanh")
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss="sparse_categorical_crossentropy",
-    )
     n_pos, n_neg = int(y_tr.sum()), int(len(y_tr) - y_tr.sum())
     weights = {0: len(y_tr) / (2 * n_neg), 1: len(y_tr) / (2 * n_pos)}
     t0 = time.perf_counter()
@@ -137,24 +131,28 @@ def slide_scores(
     return names, np.asarray(labels), np.asarray(scores)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Build crops, train one model per seed, print crop- and slide-level AUCs."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """`leukoscope-tools cells experiment`'s arguments."""
     ap.add_argument("data", type=Path)
+    ap.add_argument(
+        "--split-file", type=Path, default=DEFAULT_SPLIT, help="the detector's tune/held-out split"
+    )
     ap.add_argument("--cache", type=Path, default=Path(".run/cells/crops.npz"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--out", type=Path, default=Path(".run/cells/classifier.json"))
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    d = build_crops(args.data, args.cache)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Build crops, train one model per seed, print crop- and slide-level AUCs."""
+    d = build_crops(args.data, args.cache, args.split_file)
     test = d["split"] != "tune"
     print(
         f"crops: train {int((~test).sum())} ({int(d['y'][~test].sum())} blast), "
         f"test {int(test.sum())} ({int(d['y'][test].sum())} blast)"
     )
     # Baseline: the number of white cells the detector finds on the slide.
-    split = read_split(DEFAULT_SPLIT)
+    split = read_split(args.split_file)
     held = [
         (s, int(v))
         for s, v in zip(d["count_slides"], d["count_values"], strict=True)
@@ -184,7 +182,3 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@ slides' files are empty, so every detection there is a normal white cell or a fa
 detection. Slides are split into tuning and held-out sets by group (overlapping fields
 stay together), seeded and written to a file, so the held-out numbers are never tuned on.
 
-    python -m leukoscope_tools.evaluate.detection ../shared/data \
+    leukoscope-tools cells eval ../shared/data \
         --report models/reports/cell-detection.md
 """
 
@@ -16,13 +16,13 @@ import csv
 import json
 import logging
 import statistics
-import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from leukoscope.analysis.detection import (
     DEFAULT_PARAMS,
@@ -31,6 +31,8 @@ from leukoscope.analysis.detection import (
     estimate_scale,
 )
 from leukoscope.core.imageio import load_image
+from leukoscope_tools.data.idb2_sources import read_idb2_sources
+from leukoscope_tools.data.photos import read_table
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +88,9 @@ NOTES = """\
 - The scale estimate has no ground truth; it is consistent within each camera (table
   below), and within 5% on synthetic fields of known scale (10% below 3 px/um;
   tests/test_cells.py)."""
-DEFAULT_SPLIT = Path(__file__).resolve().parent.parent / "models/reports/cell-detection-split.csv"
+#: The detector's own tune/held-out split of ALL-IDB1, relative to the current folder
+#: (the repository root, where the README's commands run).
+DEFAULT_SPLIT = Path("models/reports/cell-detection-split.csv")
 
 
 @dataclass(frozen=True)
@@ -158,8 +162,6 @@ def make_split(slides: list[Slide], seed: int, held_out: float = 0.5) -> dict[st
     Groups are dealt in a seeded order to whichever side is further below its share of
     the stratum's slides, so whole groups move and both sides see both cameras.
     """
-    from PIL import Image
-
     # A group's stratum is that of its first slide (Im005's group spans both sizes).
     strata: dict[tuple[str, tuple[int, int]], dict[str, int]] = defaultdict(dict)
     stratum_of: dict[str, tuple[str, tuple[int, int]]] = {}
@@ -189,7 +191,9 @@ def write_split(path: Path, slides: list[Slide], split: dict[str, str], seed: in
     """The split file: slide, group, split (and the seed in a comment line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        f.write(f"# ALL-IDB1 slide split for cell detection; seed {seed}; tools/cell_eval.py\n")
+        f.write(
+            f"# ALL-IDB1 slide split for cell detection; seed {seed}; leukoscope-tools cells eval\n"
+        )
         w = csv.writer(f)
         w.writerow(["slide", "group", "split"])
         for s in slides:
@@ -209,12 +213,7 @@ def whole_field_split(split_csv: Path) -> dict[str, str]:
     The cell classifier is trained on the whole-field model's split, so detection is
     also judged on that split's test slides.
     """
-    with split_csv.open(newline="") as f:
-        return {
-            Path(row["path"]).stem: row["split"]
-            for row in csv.DictReader(f)
-            if row["source"] == "all-idb1"
-        }
+    return {Path(r.path).stem: r.split for r in read_table(split_csv) if r.source == "all-idb1"}
 
 
 def format_whole_field_split(
@@ -407,12 +406,12 @@ def idb2_centre_recall(
 ) -> dict[tuple[str, str], tuple[int, int]]:
     """(split, label) -> (crops, found): is each ALL-IDB2 crop's centre cell detected?
 
-    `sources` (tools/idb2_sources.py) places every crop on its ALL-IDB1 slide. Unlike the
-    .xyc files this covers normal white cells too (those ALL-IDB2 chose, all on healthy
-    slides). Im108 is Im093's byte-identical copy and counts as Im093.
+    `sources` (`leukoscope-tools cells idb2-sources`) places every crop on its ALL-IDB1
+    slide. Unlike the .xyc files this covers normal white cells too (those ALL-IDB2 chose,
+    all on healthy slides). Im108 is Im093's byte-identical copy and counts as Im093.
     """
     split = read_split(split_file)
-    rows = list(csv.DictReader(sources.open()))
+    rows = read_idb2_sources(sources)
     paths = {p.stem: p for p in (data / "all-idb1").glob("*/*.jpg")}
     out: dict[tuple[str, str], tuple[int, int]] = defaultdict(lambda: (0, 0))
     for name in sorted({r["slide"] for r in rows}):
@@ -474,12 +473,14 @@ def format_survey(rows: list[dict[str, str | int | float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def format_report(results: list[SlideResult], params: DetectParams, split_file: Path) -> str:
-    """The measured numbers as Markdown (no images)."""
+def format_report(
+    results: list[SlideResult], params: DetectParams, split_file: Path, command: str
+) -> str:
+    """The measured numbers as Markdown (no images); `command` is the one that measured them."""
     lines = [
         "# White-cell detection on ALL-IDB1",
         "",
-        "Measured by `leukoscope_tools.evaluate.detection` (device code",
+        f"Measured by `{command}` (device code",
         "`leukoscope.analysis.detection`). A blast counts as",
         f"found when a detection's centre lies within {MATCH_UM:g} um of its annotated centroid",
         "(one detection per blast, greedy nearest first; um from the scale estimated on that",
@@ -531,9 +532,8 @@ def format_report(results: list[SlideResult], params: DetectParams, split_file: 
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: evaluate, print the summary, optionally write the report."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`leukoscope-tools cells eval`'s arguments."""
     p.add_argument("data", type=Path, help="the shared data folder (holds all-idb1/)")
     p.add_argument("--split-file", type=Path, default=DEFAULT_SPLIT)
     p.add_argument("--seed", type=int, default=8)
@@ -553,8 +553,10 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="judge detection on this split.csv's ALL-IDB1 splits instead (prints Markdown)",
     )
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Evaluate, print the summary, optionally write the report."""
     params = DetectParams(**{**asdict(DEFAULT_PARAMS), **json.loads(args.params)})
     if args.whole_field_split is not None:
         wf = whole_field_split(args.whole_field_split)
@@ -581,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
     if args.report:
-        text = format_report(results, params, args.split_file)
+        text = format_report(results, params, args.split_file, args.invocation)
         if args.idb2_sources:
             text += "\n" + format_idb2(
                 idb2_centre_recall(args.data, args.idb2_sources, args.split_file, params)
@@ -594,7 +596,3 @@ def main(argv: list[str] | None = None) -> int:
         args.report.write_text(text)
         print(f"report written to {args.report}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,6 +17,7 @@ from leukoscope.model.bundle import MANIFEST, load_bundle, read_manifest
 from leukoscope_tools.data.arrays import labels_of, load_uint8, normalise
 from leukoscope_tools.data.photos import EXCLUDED, Row, parse_table, select
 from leukoscope_tools.evaluate.metrics import binary_metrics, choose_cut
+from leukoscope_tools.train.field import load_run, positive_prob
 from leukoscope_tools.train.models import ARCHS
 
 logger = logging.getLogger(__name__)
@@ -46,11 +47,12 @@ def breakdown(
     return out
 
 
-def bundle_probs(bundle_dir: Path, root: Path, rows: Sequence[Row]) -> np.ndarray:
-    """P(leukemia) of each row from a bundle, through the device's own load and predict."""
+def bundle_probs(bundle_dir: Path, root: Path, paths: Sequence[str]) -> np.ndarray:
+    """P(leukemia) of each photo (a path under `root`) by a bundle, via the device's code."""
     bundle = load_bundle(bundle_dir)
     return np.array(
-        [bundle.predict(bundle.load_for_model(root / r.path)).p_leukemia for r in rows], np.float64
+        [bundle.predict(bundle.load_for_model(root / path)).p_leukemia for path in paths],
+        np.float64,
     )
 
 
@@ -60,8 +62,6 @@ def cross_source(run_dir: Path, rows: Sequence[Row], root: Path) -> dict[str, An
     The cut is chosen on the run's own validation split (its training sources), as a
     maintainer without the held-out source would have to.
     """
-    from leukoscope_tools.train.field import load_run, positive_prob
-
     model, run, _ = load_run(run_dir)
     spec = ARCHS[run["config"]["arch"]]
     trained_on = run["config"]["train_sources"]
@@ -135,7 +135,7 @@ def reevaluate(bundle_dir: Path, root: Path, tol: float = 1e-3) -> tuple[dict[st
         return {}, diffs
     recorded = manifest["metrics"]
     th = manifest["thresholds"]
-    p = bundle_probs(bundle_dir, root, test_rows)
+    p = bundle_probs(bundle_dir, root, [r.path for r in test_rows])
     now = breakdown(test_rows, p, recorded["cut"], Thresholds(th["low"], th["high"]))
     out: list[str] = []
     _diff("metrics.test", recorded["test"], now, tol, out)

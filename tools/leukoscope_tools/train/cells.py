@@ -1,15 +1,15 @@
 """Train the cell classifier (modified-Thanh, 128x128) on the cached cell crops.
 
-Training crops are the labelled crops of the TRAIN photos (`cell_dataset`), of the chosen
-sources. kaggle-all photos each give about ten detected cells with the photo's (noisy)
-label; at most `kaggle_per_photo` of them are drawn per photo (seeded) so one source
-does not swamp the other and an epoch stays affordable on a 2-core CPU. Each epoch draws
-`epoch_size` crops, turns and flips each (the 8 symmetries of a square: a cell has no up
-or left), optionally blurs some to a lower magnification, and keeps the weights of the
-epoch with the best validation crop AUC (labelled crops of VAL photos; the mean of the
+Training crops are the labelled crops of the TRAIN photos (`leukoscope-tools cells dataset`),
+of the chosen sources. kaggle-all photos each give about ten detected cells with the
+photo's (noisy) label; at most `kaggle_per_photo` of them are drawn per photo (seeded) so
+one source does not swamp the other and an epoch stays affordable on a 2-core CPU. Each
+epoch draws `epoch_size` crops, turns and flips each (the 8 symmetries of a square: a cell
+has no up or left), optionally blurs some to a lower magnification, and keeps the weights
+of the epoch with the best validation crop AUC (labelled crops of VAL photos; the mean of the
 per-source AUCs, so kaggle-all's noisy labels do not decide alone).
 
-    python -m leukoscope_tools.train.cells build/cells --seed 0 --out build/cells/runs/both-s0
+    leukoscope-tools cells train build/cells --seed 0 --out build/cells/runs/both-s0
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ import cv2
 import numpy as np
 
 from leukoscope.analysis.cells import normalise
-from leukoscope_tools.data.cells import PRE, CellSet, load
+from leukoscope_tools.data.cells import PRE, SOURCES, CellSet, load
 from leukoscope_tools.evaluate.metrics import roc_auc
 from leukoscope_tools.train.loop import (
     Batch,
@@ -40,8 +39,6 @@ from leukoscope_tools.train.loop import (
 from leukoscope_tools.train.models import inference_copy
 
 logger = logging.getLogger(__name__)
-
-SOURCES = ("all-idb1", "kaggle-all")
 
 
 @dataclass
@@ -248,10 +245,9 @@ def train_and_score(cs: CellSet, cfg: CellTrainConfig, out: Path) -> dict[str, A
     return info
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Train one cell-classifier run from the cached set."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("cells", type=Path, help="the cell_dataset cache folder")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """`leukoscope-tools cells train`'s arguments."""
+    ap.add_argument("cells", type=Path, help="the `cells dataset` cache folder")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
@@ -265,8 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         default=["train", "val", "test"],
         help="splits of the other sources to score (cross-source test)",
     )
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Train one cell-classifier run from the cached set."""
     cfg = CellTrainConfig(
         seed=args.seed,
         train_sources=list(args.sources),
@@ -278,7 +276,3 @@ def main(argv: list[str] | None = None) -> int:
     )
     train_and_score(load(args.cells), cfg, args.out)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """The slide decision of cell mode: per-photo features and the logistic slide model.
 
 Features come from `leukoscope.analysis.cells.slide_features` (the device's code) over the
-blast probabilities of a photo's detected cells; the score is `cellmode.slide_score`.
+blast probabilities of a photo's detected cells; the score is `slide_score`.
 The logistic weights (bias, w_top_k, w_density, w_fraction) are fitted on VALIDATION
 photos only, each (source, label) given the same total weight so kaggle-all's
 thousand-odd photos do not swamp ALL-IDB1's fifteen. The cell cut (which cells count as
@@ -21,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 
 from leukoscope.analysis.cells import CellSettings, SlideFeatures, slide_features, slide_score
-from leukoscope_tools.data.cells import CellSet, PhotoRow
+from leukoscope_tools.data.cells import CellSet, PhotoRow, y_of
 from leukoscope_tools.evaluate.metrics import roc_auc
 
 #: The cell cuts tried on validation photos (a cell at p >= cut counts as a blast).
@@ -153,7 +153,7 @@ def choose_slide_model(
     Returns the settings and each tried cut's criterion (mean per-source AUC); ties go
     to the cut nearest 0.5.
     """
-    y = np.array([int(ph.label == "leukemia") for ph in val])
+    y = y_of(val)
     sources = [ph.source for ph in val]
     # The fixed grid, plus the deciles of these cells' probabilities: a model whose
     # probabilities crowd around one value gets cuts where they are.

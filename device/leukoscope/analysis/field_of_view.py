@@ -1,0 +1,197 @@
+"""The illuminated field of a photo taken through an eyepiece, and its flat-field correction.
+
+A camera held on an eyepiece sees the eyepiece's field stop: a bright disc of smear on a
+dark surround, often cut by the frame's edges, dimmer towards its rim (vignetting) and
+tinted by the lamp. Photos through a proper camera adapter fill the frame. Steps:
+
+1. `find_field()`: on a small grey copy, pixels far darker than the field's bright glass
+   are the surround (a stained nucleus absorbs at most about two thirds of the light; the
+   surround passes almost none). No real surround: the whole frame is the field.
+   Otherwise the largest lit region's edge, where it is not the frame's edge, is fitted
+   with a circle (least squares, then refitted without the worst tenth of the points, so
+   a cell touching the rim does not bend it).
+2. `flat_field()`: the glass between cells should be one neutral colour everywhere. Its
+   brightness per channel is fitted inside the field with a smooth surface (a quadratic
+   in x and y), and each channel is divided by it, so vignetting and the lamp's colour
+   go before anything measures colour; the surround is set to the glass colour, so later
+   steps see no dark stain there. A blank-field reference photo, when the rig has one,
+   is used instead of the fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+#: The grey copy the field is found on: its long side in pixels.
+FIND_SIDE = 320
+#: A pixel darker than this fraction of the bright glass is surround, not smear.
+SURROUND_FRACTION = 0.25
+#: Less surround than this share of the frame: no field stop, the whole frame is the field.
+MIN_SURROUND = 0.005
+#: The field's edge is taken this share of its radius inwards (the rim is dim and soft).
+RIM_MARGIN = 0.04
+#: Glass pixels: within this fraction of the brightest glass, and nearly colourless.
+GLASS_FRACTION = 0.85
+#: The level the glass is corrected to (8-bit).
+GLASS_LEVEL = 235.0
+
+
+@dataclass(frozen=True)
+class FieldOfView:
+    """The usable field: a disc (centre and radius in pixels) or the whole frame."""
+
+    width: int
+    height: int
+    cx: float
+    cy: float
+    radius: float
+    #: False when there is no field stop and the whole frame is the field.
+    stop: bool
+
+    @classmethod
+    def whole(cls, width: int, height: int) -> FieldOfView:
+        """The whole frame as the field."""
+        return cls(width, height, width / 2, height / 2, float(np.hypot(width, height)) / 2, False)
+
+    def mask(self, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """A bool mask of the field, at the photo's size or another (h, w) of the same frame."""
+        h, w = (self.height, self.width) if shape is None else shape
+        if not self.stop:
+            return np.ones((h, w), bool)
+        sx, sy = w / self.width, h / self.height
+        out = np.zeros((h, w), np.uint8)
+        # Drawn with 4 bits of sub-pixel precision: a filled circle is all a disc needs.
+        centre = (round(self.cx * sx * 16 - 8), round(self.cy * sy * 16 - 8))
+        axes = (max(0, round(self.radius * sx * 16)), max(0, round(self.radius * sy * 16)))
+        cv2.ellipse(out, centre, axes, 0, 0, 360, (1,), thickness=-1, shift=4)
+        return out.astype(bool)
+
+    def contains(self, x: float, y: float, margin: float = 0.0) -> bool:
+        """True when the point lies inside the field at least `margin` px from its edge."""
+        if not self.stop:
+            return margin <= x <= self.width - margin and margin <= y <= self.height - margin
+        return float(np.hypot(x - self.cx, y - self.cy)) <= self.radius - margin
+
+    @property
+    def area_fraction(self) -> float:
+        """The share of the frame the field covers."""
+        return float(self.mask((min(self.height, 240), min(self.width, 320))).mean())
+
+
+def _grey_small(rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    h, w = rgb.shape[:2]
+    scale = min(1.0, FIND_SIDE / max(h, w))
+    small = cv2.resize(
+        rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+    )
+    return cv2.cvtColor(np.ascontiguousarray(small[..., :3]), cv2.COLOR_RGB2GRAY), scale
+
+
+def _fit_circle(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares circle (Kasa) through points: centre x, centre y, radius."""
+    a = np.column_stack([xs, ys, np.ones_like(xs)])
+    b = xs**2 + ys**2
+    (c0, c1, c2), *_ = np.linalg.lstsq(a, b, rcond=None)
+    cx, cy = c0 / 2, c1 / 2
+    return float(cx), float(cy), float(np.sqrt(max(c2 + cx**2 + cy**2, 0.0)))
+
+
+def find_field(rgb: np.ndarray) -> FieldOfView:
+    """The illuminated field of the photo (see the module's steps)."""
+    h, w = rgb.shape[:2]
+    grey, scale = _grey_small(rgb)
+    bright = float(np.percentile(grey, 95))
+    if bright < 10:
+        return FieldOfView.whole(w, h)  # a black frame: exposure, not a field stop
+    below = (grey < SURROUND_FRACTION * bright).astype(np.uint8)
+    dark = cv2.morphologyEx(below, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    if dark.mean() < MIN_SURROUND:
+        return FieldOfView.whole(w, h)
+    lit = (1 - dark).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(lit, connectivity=8)
+    if n < 2:
+        return FieldOfView.whole(w, h)
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    region = (labels == biggest).astype(np.uint8)
+    # Fill the region's holes (dark debris inside the field) before taking its edge.
+    contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    points = max(contours, key=len)[:, 0, :].astype(np.float64)
+    sh, sw = grey.shape
+    inner = (
+        (points[:, 0] > 1) & (points[:, 0] < sw - 2) & (points[:, 1] > 1) & (points[:, 1] < sh - 2)
+    )
+    if inner.sum() < 12:
+        return FieldOfView.whole(w, h)
+    xs, ys = points[inner, 0] + 0.5, points[inner, 1] + 0.5
+    cx, cy, r = _fit_circle(xs, ys)
+    resid = np.abs(np.hypot(xs - cx, ys - cy) - r)
+    keep = resid <= np.percentile(resid, 90)
+    if keep.sum() >= 12:
+        cx, cy, r = _fit_circle(xs[keep], ys[keep])
+    r *= 1.0 - RIM_MARGIN
+    return FieldOfView(w, h, cx / scale, cy / scale, r / scale, True)
+
+
+def _design(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    return np.column_stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys])
+
+
+def flat_field(
+    rgb: np.ndarray, fov: FieldOfView, reference: np.ndarray | None = None
+) -> np.ndarray:
+    """The photo with vignetting and the lamp's colour divided out (uint8 RGB).
+
+    Args:
+        rgb: the photo.
+        fov: its field (from `find_field`); outside it the glass colour is filled in.
+        reference: an optional blank-field photo of the same rig (no smear), used as
+            the illumination instead of the surface fitted to the glass.
+    """
+    h, w = rgb.shape[:2]
+    img = np.ascontiguousarray(rgb[..., :3])
+    inside = fov.mask()
+    if reference is not None:
+        if reference.shape[:2] != (h, w):
+            reference = cv2.resize(reference, (w, h), interpolation=cv2.INTER_AREA)
+        ref = reference[..., :3].astype(np.float32)
+        light = cv2.GaussianBlur(ref, (0, 0), 8)
+        gain = GLASS_LEVEL / np.maximum(light, 1.0)
+    else:
+        coarse = _fitted_light(img, inside)
+        gain = cv2.resize(
+            GLASS_LEVEL / np.maximum(coarse, 1.0), (w, h), interpolation=cv2.INTER_LINEAR
+        )
+    out = cv2.convertScaleAbs(cv2.multiply(img.astype(np.float32), gain))
+    if fov.stop:
+        outside = (~inside).astype(np.uint8)
+        cv2.copyTo(np.full_like(out, round(GLASS_LEVEL)), outside, out)
+    return out
+
+
+def _fitted_light(img: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Per channel, a quadratic surface fitted to the glass inside the field, on a coarse grid
+    (1/8 of the photo's size: the surface is smooth, resizing interpolates it)."""
+    h, w = img.shape[:2]
+    step = max(1, round(max(h, w) / 200))
+    sub = img[::step, ::step]
+    sub_in = inside[::step, ::step]
+    lum = sub.mean(axis=2)
+    chroma = sub.max(axis=2) - sub.min(axis=2)
+    top = float(np.percentile(lum[sub_in], 95)) if sub_in.any() else 255.0
+    glass = sub_in & (lum >= GLASS_FRACTION * top) & (chroma <= 0.25 * top)
+    if glass.sum() < 50:
+        glass = sub_in & (lum >= np.percentile(lum[sub_in], 75)) if sub_in.any() else sub_in
+    yy, xx = np.nonzero(glass)
+    xs, ys = (xx * step) / w - 0.5, (yy * step) / h - 0.5
+    a = _design(xs, ys)
+    gh, gw = max(2, h // 8), max(2, w // 8)
+    gy, gx = np.mgrid[0:gh, 0:gw].astype(np.float64)
+    grid = _design((gx.ravel() + 0.5) / gw - 0.5, (gy.ravel() + 0.5) / gh - 0.5)
+    coarse = np.empty((gh, gw, 3), np.float32)
+    for c in range(3):
+        coef, *_ = np.linalg.lstsq(a, sub[yy, xx, c], rcond=None)
+        coarse[..., c] = (grid @ coef).reshape(gh, gw)
+    return coarse
