@@ -12,7 +12,8 @@ import pytest
 from leukoscope.analysis.decision import Thresholds, Verdict
 from leukoscope.core.errors import BundleError
 from leukoscope.core.synthetic import make_smear
-from leukoscope.model.bundle import load_bundle, parse_manifest
+from leukoscope.model.bundle import load_bundle
+from leukoscope.model.manifest import parse_manifest
 from tests.helpers import refusal_of_a_pipe
 
 

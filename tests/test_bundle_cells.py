@@ -16,7 +16,8 @@ from leukoscope.analysis.detection import detect_white_cells
 from leukoscope.cli.main import main
 from leukoscope.core.errors import BundleError
 from leukoscope.core.synthetic import make_smear
-from leukoscope.model.bundle import load_bundle, parse_manifest, sha256_file
+from leukoscope.model.bundle import load_bundle
+from leukoscope.model.manifest import parse_manifest, sha256_file
 from tests.test_cell_analysis import cells_manifest
 
 

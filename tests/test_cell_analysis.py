@@ -27,8 +27,9 @@ from leukoscope.analysis.cells import (
 from leukoscope.analysis.decision import Verdict
 from leukoscope.analysis.detection import WhiteCell, detect_white_cells
 from leukoscope.core.synthetic import make_smear
-from leukoscope.model.bundle import Bundle, parse_manifest
+from leukoscope.model.bundle import Bundle
 from leukoscope.model.classifier import TFLiteClassifier
+from leukoscope.model.manifest import parse_manifest
 from leukoscope.pipeline import analyse, decode_size
 from tests.helpers import TINY_CELL_PARAMS
 

@@ -10,7 +10,8 @@ import pytest
 from leukoscope.appliance.daemon import check_sample_id
 from leukoscope.appliance.indicator import IndicatorState
 from leukoscope.config import load_config
-from leukoscope.model.bundle import load_bundle, sha256_file
+from leukoscope.model.bundle import load_bundle
+from leukoscope.model.manifest import sha256_file
 from tests.daemon_helpers import (
     DaemonProcess,
     daemon_config,

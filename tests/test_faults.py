@@ -17,7 +17,7 @@ import pytest
 from leukoscope.app import EXIT_UNAVAILABLE
 from leukoscope.appliance.control import ControlError
 from leukoscope.appliance.records import TMP_DIR
-from leukoscope.model.bundle import sha256_file
+from leukoscope.model.manifest import sha256_file
 from tests.daemon_helpers import DaemonProcess, daemon_config, good_field, wait_until, write_rgb
 
 pytestmark = pytest.mark.slow

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from leukoscope.appliance.control import ControlError, request
-from leukoscope.model.bundle import MODEL_FILE, sha256_file
+from leukoscope.model.manifest import MODEL_FILE, sha256_file
 from leukoscope.model.store import FAULT_ENV, SIGNATURE_FILE
 from tests.test_modelstore import keys, signed  # noqa: F401 - shared fixtures
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from leukoscope.core.errors import BundleError
-from leukoscope.model.bundle import MANIFEST, MODEL_FILE, load_bundle, sha256_file
+from leukoscope.model.bundle import load_bundle
+from leukoscope.model.manifest import MANIFEST, MODEL_FILE, sha256_file
 from leukoscope.model.store import (
     ACTIVE,
     FAULT_ENV,
@@ -373,7 +374,7 @@ def test_through_sudo_the_pis_own_config_applies(
 CRASHING_DAEMON = """
 import os, signal, sys, time
 from pathlib import Path
-from leukoscope.model.bundle import read_manifest
+from leukoscope.model.manifest import read_manifest
 from leukoscope.appliance.control import ControlServer
 
 class Daemon:

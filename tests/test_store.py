@@ -16,7 +16,7 @@ import pytest
 from leukoscope.appliance import records
 from leukoscope.appliance.records import TMP_DIR, NewRecord, Record, RecordFilter, Store
 from leukoscope.core.errors import StoreError
-from leukoscope.model.bundle import sha256_file
+from leukoscope.model.manifest import sha256_file
 
 
 @pytest.fixture

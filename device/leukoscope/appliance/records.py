@@ -32,7 +32,7 @@ from typing import Any
 
 from leukoscope.core.errors import StoreError
 from leukoscope.core.fsutil import fsync_dir
-from leukoscope.model.bundle import sha256_bytes
+from leukoscope.model.manifest import sha256_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from leukoscope.config import DEFAULT_CONFIG_PATH, config_path, load_config
 from leukoscope.core.errors import LeukoscopeError
-from leukoscope.model.bundle import MANIFEST, load_bundle
+from leukoscope.model.bundle import load_bundle
+from leukoscope.model.manifest import MANIFEST
 from leukoscope.model.store import (
     ACTIVE,
     PREVIOUS,

@@ -43,7 +43,8 @@ from typing import Any
 from leukoscope.config import Config
 from leukoscope.core.errors import BundleError, LeukoscopeError
 from leukoscope.core.fsutil import fsync_dir
-from leukoscope.model.bundle import MANIFEST, Manifest, load_bundle, read_manifest, sha256_file
+from leukoscope.model.bundle import load_bundle
+from leukoscope.model.manifest import MANIFEST, Manifest, read_manifest, sha256_file
 
 logger = logging.getLogger(__name__)
 

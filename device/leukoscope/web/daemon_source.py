@@ -24,7 +24,7 @@ import cv2
 from leukoscope.appliance.daemon import Daemon, NotReadyError
 from leukoscope.appliance.records import Record, RecordFilter, RecordPage, RecordReader
 from leukoscope.core.errors import BundleError, CameraError
-from leukoscope.model.bundle import MANIFEST, read_manifest
+from leukoscope.model.manifest import MANIFEST, read_manifest
 from leukoscope.web import system
 from leukoscope.web.source import CaptureRefusedError, Preview
 

@@ -13,7 +13,8 @@ import numpy as np
 
 from leukoscope.analysis.decision import Thresholds
 from leukoscope.core.errors import BundleError
-from leukoscope.model.bundle import MANIFEST, load_bundle, read_manifest
+from leukoscope.model.bundle import load_bundle
+from leukoscope.model.manifest import MANIFEST, read_manifest
 from leukoscope_tools.data.arrays import labels_of, load_uint8, normalise
 from leukoscope_tools.data.photos import EXCLUDED, Row, parse_table, select
 from leukoscope_tools.evaluate.metrics import binary_metrics, choose_cut

@@ -28,15 +28,9 @@ from leukoscope.analysis.decision import Thresholds
 from leukoscope.analysis.preprocess import PreprocessParams, preprocess
 from leukoscope.core.imageio import load_image
 from leukoscope.core.synthetic import make_smear
-from leukoscope.model.bundle import (
-    FORMAT_VERSION,
-    MANIFEST,
-    MODEL_FILE,
-    GoldenCase,
-    load_bundle,
-    sha256_bytes,
-)
+from leukoscope.model.bundle import load_bundle
 from leukoscope.model.classifier import TFLiteClassifier
+from leukoscope.model.manifest import FORMAT_VERSION, MANIFEST, MODEL_FILE, GoldenCase, sha256_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from leukoscope.model.bundle import MANIFEST, read_manifest
+from leukoscope.model.manifest import MANIFEST, read_manifest
 from leukoscope.model.store import SIGNATURE_FILE
 from leukoscope_tools.ship.sign import check_hashes
 

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from leukoscope.core.errors import BundleError, LeukoscopeError
-from leukoscope.model.bundle import MANIFEST, read_manifest, sha256_file
+from leukoscope.model.manifest import MANIFEST, read_manifest, sha256_file
 from leukoscope.model.store import NAMESPACE, SIGNATURE_FILE
 
 
