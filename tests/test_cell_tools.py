@@ -12,6 +12,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -45,6 +46,7 @@ from leukoscope_tools.train.cells import (
     select,
     symmetries,
 )
+from leukoscope_tools.train.loop import Batch, Validation, train_loop
 from leukoscope_tools.train.slide import (
     balanced_weights,
     choose_slide_model,
@@ -166,6 +168,36 @@ def test_cell_weights_balance_labels_within_each_source() -> None:
     # Total weight of a (source, label) cell grows as the square root of its size.
     ratios = [totals[k] / math.sqrt(sizes[k]) for k in totals]
     assert max(ratios) == pytest.approx(min(ratios), rel=1e-5)
+
+
+def test_training_loop_keeps_the_best_epoch_and_stops_after_patience() -> None:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    scripted = iter([0.5, 0.8, 0.6, 0.7, 0.9])  # the 0.9 comes too late: patience 2
+    seen: list[list[np.ndarray]] = []
+
+    def validate(m: keras.Model) -> Validation:
+        seen.append(m.get_weights())
+        score = next(scripted)
+        return Validation(score, {"val_auc": score})
+
+    run = train_loop(
+        model,
+        lambda epoch: Batch(x, y, np.ones(len(y), np.float32)),
+        validate,
+        max_epochs=5,
+        patience=2,
+        batch_size=8,
+        name="test",
+    )
+    assert run.best_epoch == 1 and run.history["val_auc"] == [0.5, 0.8, 0.6, 0.7]
+    assert len(run.history["loss"]) == len(run.epoch_seconds) == 4
+    kept = model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(kept, seen[1], strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(kept, seen[3], strict=True))
 
 
 def test_symmetries_are_turns_and_flips_and_lowmag_blurs_only_a_share() -> None:
