@@ -150,3 +150,26 @@ def test_a_huge_file_is_refused_unread(tmp_path: Path) -> None:
     path.write_bytes(b"#" * (2 << 20))
     with pytest.raises(ConfigError, match="file too large"):
         load_config(path)
+
+
+def test_the_sample_rule_comes_from_the_bundle_unless_the_config_overrides_it() -> None:
+    cfg = parse_config(with_())
+    assert cfg.sample.threshold is None and cfg.sample.min_cells is None
+    assert cfg.sample.max_overlap == 0.2 and cfg.sample.long_press_s == 2.0
+    cfg = parse_config(with_(sample={"threshold": 0.2, "min_cells": 200, "max_fields": 40}))
+    assert (cfg.sample.threshold, cfg.sample.min_cells, cfg.sample.max_fields) == (0.2, 200, 40)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"threshold": 1.5}, "sample.threshold"),
+        ({"min_cells": 0}, "sample.min_cells"),
+        ({"min_cells": 500, "max_cells": 100}, "sample.min_cells: exceeds sample.max_cells"),
+        ({"long_press_s": 0.1}, "sample.long_press_s"),
+        ({"per_patient": True}, "unknown key(s) sample.per_patient"),
+    ],
+)
+def test_bad_sample_settings_are_refused_naming_the_key(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_config(with_(sample=values))

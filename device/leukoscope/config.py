@@ -167,6 +167,26 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class SampleConfig:
+    """Samples: one patient's smear counted across fields (see `analysis.differential`).
+
+    The rule's numbers come from the model bundle (chosen on validation data, with the
+    classifier's error rates); a value set here overrides the bundle's for this rig.
+    None: the bundle's.
+    """
+
+    threshold: float | None = None
+    min_cells: int | None = None
+    max_cells: int | None = None
+    max_fields: int | None = None
+    #: A field sharing more than this share of its area with one already counted is
+    #: the same field again: its cells are not counted twice.
+    max_overlap: float = 0.2
+    #: Holding the button this long starts a new sample instead of taking a photo.
+    long_press_s: float = 2.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole config, validated."""
 
@@ -181,6 +201,7 @@ class Config:
     retention: RetentionConfig
     daemon: DaemonConfig
     web: WebConfig
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
 
 class _Reader:
@@ -282,6 +303,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
         "retention",
         "daemon",
         "web",
+        "sample",
     }
     top = _Reader(source, raw, "", sections)
 
@@ -429,6 +451,20 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
         threads=w.int_("threads", 8, 1, 64),
         session_hours=w.num("session_hours", 12.0, 0.05, 24.0 * 30),
     )
+    s = top.sub(
+        "sample",
+        {"threshold", "min_cells", "max_cells", "max_fields", "max_overlap", "long_press_s"},
+    )
+    sample = SampleConfig(
+        threshold=s.num("threshold", 0.05, 0.001, 0.999) if s.has("threshold") else None,
+        min_cells=s.opt_int("min_cells", 1, 100_000),
+        max_cells=s.opt_int("max_cells", 1, 100_000),
+        max_fields=s.opt_int("max_fields", 1, 10_000),
+        max_overlap=s.num("max_overlap", 0.2, 0.0, 1.0),
+        long_press_s=s.num("long_press_s", 2.0, 0.5, 30.0),
+    )
+    if sample.min_cells and sample.max_cells and sample.min_cells > sample.max_cells:
+        raise s.fail("sample.min_cells", f"exceeds sample.max_cells ({sample.max_cells})")
     return Config(
         source=Path(source),
         paths=paths,
@@ -441,6 +477,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
         retention=retention,
         daemon=daemon,
         web=web,
+        sample=sample,
     )
 
 
