@@ -8,7 +8,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from leukoscope.bench.cells import STAGES, main
+from leukoscope.bench.cells import STAGES
+from leukoscope.cli.main import main
 from leukoscope.core.synthetic import make_smear
 
 
@@ -24,8 +25,8 @@ def test_bench_prints_every_stage_and_writes_a_report(
     session_cells_bundle: Path, photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = tmp_path / "out" / "bench.md"
-    argv = ["--bundle", str(session_cells_bundle), "--image", str(photo), "--runs", "2"]
-    assert main([*argv, "--threads", "2", "--report", str(report)]) == 0
+    argv = ["bench-cells", "--bundle", str(session_cells_bundle), "--image", str(photo)]
+    assert main([*argv, "--runs", "2", "--threads", "2", "--report", str(report)]) == 0
     out = capsys.readouterr().out
     assert "| **total: cell analysis** |" in out and "300 ms budget" in out
     assert "inference, 7 crops in one batch, 2 thread(s)" in out
@@ -41,7 +42,8 @@ def test_bench_prints_every_stage_and_writes_a_report(
 def test_bench_refuses_a_whole_field_bundle(
     session_bundle: Path, photo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["--bundle", str(session_bundle), "--image", str(photo), "--runs", "1"]) == 2
+    argv = ["bench-cells", "--bundle", str(session_bundle), "--image", str(photo), "--runs", "1"]
+    assert main(argv) == 2
     assert "bench-cells needs a cells bundle" in capsys.readouterr().err
 
 
@@ -51,6 +53,7 @@ def test_bench_refuses_a_photo_that_is_a_retake(
     path = tmp_path / "empty.png"
     img = make_smear(400, 300, n_wbc=0, px_per_um=4.0, seed=8).image
     cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    argv = ["--bundle", str(session_cells_bundle), "--image", str(path), "--runs", "1"]
+    argv = ["bench-cells", "--bundle", str(session_cells_bundle), "--image", str(path)]
+    argv += ["--runs", "1"]
     assert main(argv) == 2
     assert "is a retake (no-white-cells)" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from leukoscope.analysis.analysers import WholeFieldAnalyser
 from leukoscope.analysis.decision import Thresholds, Verdict
 from leukoscope.core.errors import BundleError
 from leukoscope.core.synthetic import make_smear
@@ -28,7 +29,8 @@ def test_good_bundle_loads_and_classifies(session_bundle: Path) -> None:
     bundle = load_bundle(session_bundle)
     m = bundle.manifest
     assert m.labels == ("normal", "leukemia") or "leukemia" in m.labels
-    pred = bundle.predict(make_smear(400, 300, n_blasts=3, seed=11).image)
+    assert isinstance(bundle.analyser, WholeFieldAnalyser)
+    pred = bundle.analyser.predict(make_smear(400, 300, n_blasts=3, seed=11).image)
     assert 0.0 <= pred.p_leukemia <= 1.0
     assert abs(sum(pred.probabilities.values()) - 1.0) < 0.02
     assert pred.verdict == m.thresholds.decide(pred.p_leukemia)

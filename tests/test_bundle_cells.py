@@ -11,13 +11,16 @@ import cv2
 import numpy as np
 import pytest
 
+from leukoscope.analysis.analysers import CellAnalyser, WholeFieldAnalyser
 from leukoscope.analysis.cells import cell_batch
 from leukoscope.analysis.detection import detect_white_cells
+from leukoscope.analysis.quality import WORKING_LONG_SIDE
 from leukoscope.cli.main import main
 from leukoscope.core.errors import BundleError
 from leukoscope.core.synthetic import make_smear
 from leukoscope.model.bundle import load_bundle
 from leukoscope.model.manifest import parse_manifest, sha256_file
+from leukoscope.pipeline import decode_size
 from tests.test_cell_analysis import cells_manifest
 
 
@@ -83,12 +86,31 @@ def test_a_cells_bundle_loads_with_a_dynamic_batch(session_cells_bundle: Path) -
     assert bundle.classifier.input_shape == (1, 64, 64, 3)
 
 
+def test_each_analysis_mode_loads_its_own_analyser(
+    session_bundle: Path, session_cells_bundle: Path
+) -> None:
+    whole = load_bundle(session_bundle)
+    cells = load_bundle(session_cells_bundle)
+    assert isinstance(whole.analyser, WholeFieldAnalyser)
+    assert isinstance(cells.analyser, CellAnalyser)
+    # Whole-field stills decode no smaller than the gate's working copy; cells at full size.
+    w, h = whole.manifest.preprocess.resize
+    assert decode_size(whole) == (max(w, WORKING_LONG_SIDE), max(h, WORKING_LONG_SIDE))
+    assert decode_size(cells) is None
+    rgb = make_smear(400, 300, n_wbc=3, px_per_um=4.0, seed=3).image
+    with pytest.raises(ValueError, match="is not a whole-field bundle"):
+        cells.predict(rgb)
+    with pytest.raises(ValueError, match="is not a cells bundle"):
+        whole.analyse_cells(rgb)
+
+
 def test_predict_batch_equals_predict_crop_by_crop(session_cells_bundle: Path) -> None:
     bundle = load_bundle(session_cells_bundle)
     clf = bundle.classifier
     smear = make_smear(640, 480, n_wbc=4, n_blasts=4, px_per_um=4.0, seed=31)
     det = detect_white_cells(smear.image)
-    x = cell_batch(smear.image, det.cells, det, bundle.cell_settings, bundle.manifest.preprocess)
+    assert bundle.manifest.cells is not None
+    x = cell_batch(smear.image, det.cells, det, bundle.manifest.cells, bundle.manifest.preprocess)
     assert len(x) >= 6
     one_by_one = np.stack([clf.predict(c) for c in x])
     # Batches of changing sizes (the tensor is resized each time) give the same outputs.

@@ -2,8 +2,9 @@
 
 Shared by the daemon and `leukoscope classify`, so both answer the same way.
 
-A whole-field bundle classifies the resized photo. A cells bundle finds, crops and
-classifies every white cell and scores the slide (`cellmode.analyse_cells`); its
+The quality gate runs first; then the bundle's analyser (`analysis.analysers`, one per
+analysis mode) judges the photo. A whole-field bundle classifies the resized photo. A
+cells bundle finds, crops and classifies every white cell and scores the slide; its
 `Analysis.cells` is the `CellReport` whose `to_json()` records and the API carry:
 
     {"px_per_um": 5.87, "scale_source": "red-cells" | "given", "image_size": [w, h],
@@ -12,8 +13,8 @@ classifies every white cell and scores the slide (`cellmode.analyse_cells`); its
      "cells": [{"x": 301.2, "y": 88.0, "box": [x0, y0, x1, y1], "p_blast": 0.93,
                 "blast": true, "clump": false}, ...]}
 
-In both modes the quality gate runs first, and `p_leukemia` is the number the bundle's
-thresholds judge (the slide score in cells mode).
+In both modes `p_leukemia` is the number the bundle's thresholds judge (the slide score
+in cells mode).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from leukoscope.analysis.cells import RETAKE_MESSAGES, CellReport, CellRetake
 from leukoscope.analysis.decision import Verdict
-from leukoscope.analysis.quality import WORKING_LONG_SIDE, QualityResult, QualityThresholds, assess
+from leukoscope.analysis.quality import QualityResult, QualityThresholds, assess
 from leukoscope.model.bundle import Bundle
 
 
@@ -61,19 +62,11 @@ class Analysis:
 def decode_size(bundle: Bundle) -> tuple[int, int] | None:
     """The smallest (width, height) a still may be decoded at for the gate and the model.
 
-    Whole-field: the larger of the preprocessing's first resize and the gate's working
-    size (a 5 MP JPEG then decodes at 1/4 or 1/8 scale). Cells: None, the full
-    resolution. A nucleus is a few micrometres across and the crop of `crop_um` (24 um)
-    must fill the model's 128 px: at the 5.9 px/um of a 5 MP ALL-IDB1 still the crop is
-    141 px at full size but 71 px at half size, i.e. upsampled, with the chromatin
-    detail the classifier reads interpolated away. The scale is only known after
-    decoding (red cells), so no smaller size can be chosen safely beforehand; full-size
-    decoding costs about 2-3x a half-size decode (see `leukoscope bench-cells`).
+    The bundle's analyser says (`gated_size`): whole-field, the larger of the
+    preprocessing's first resize and the gate's working size; cells, None (full
+    resolution, for the detail of small nuclei).
     """
-    if bundle.manifest.analysis_mode == "cells":
-        return None
-    w, h = bundle.manifest.preprocess.resize
-    return (max(w, WORKING_LONG_SIDE), max(h, WORKING_LONG_SIDE))
+    return bundle.analyser.gated_size
 
 
 def _ms(t0: float) -> float:
@@ -103,31 +96,14 @@ def analyse(
     timings = {"quality": _ms(t0)}
     if gate and not quality.ok:
         return Analysis(Verdict.RETAKE, quality, timings_ms=timings)
-    if bundle.manifest.analysis_mode == "cells":
-        return _analyse_cells(rgb, bundle, quality, timings, px_per_um)
-    t0 = time.perf_counter()
-    pred = bundle.predict(rgb)
-    timings["inference"] = _ms(t0)
-    return Analysis(pred.verdict, quality, pred.p_leukemia, pred.probabilities, timings)
-
-
-def _analyse_cells(
-    rgb: np.ndarray,
-    bundle: Bundle,
-    quality: QualityResult,
-    timings: dict[str, float],
-    px_per_um: float | None,
-) -> Analysis:
-    result = bundle.analyse_cells(rgb, px_per_um=px_per_um)
-    timings.update(result.timings_ms)
-    if result.retake is not None or result.report is None:
-        return Analysis(
-            Verdict.RETAKE,
-            quality,
-            timings_ms=timings,
-            cells=result.report,
-            cell_retake=result.retake,
-        )
-    score = result.report.score
-    verdict = bundle.manifest.thresholds.decide(score)
-    return Analysis(verdict, quality, score, None, timings, cells=result.report)
+    outcome = bundle.analyser.analyse(rgb, px_per_um=px_per_um)
+    timings.update(outcome.timings_ms)
+    return Analysis(
+        outcome.verdict,
+        quality,
+        outcome.p_leukemia,
+        outcome.probabilities,
+        timings,
+        cells=outcome.cells,
+        cell_retake=outcome.cell_retake,
+    )

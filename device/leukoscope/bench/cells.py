@@ -1,11 +1,10 @@
 """Benchmark the cell analysis of a 5-megapixel still, stage by stage (prints figures; not a test).
 
-    python -m leukoscope.bench.cells --bundle CELLS_BUNDLE [--image PHOTO] [--threads 1]
+    leukoscope bench-cells --bundle CELLS_BUNDLE [--image PHOTO] [--threads 1]
         [--runs 15] [--px-per-um SCALE] [--report report.md]
-    leukoscope bench-cells ...   (the same)
 
-The stages are the device's own (`cellmode.analyse_cells`, as `pipeline.analyse` runs it
-after the quality gate): scale from the red cells and white-cell detection, the crops
+The stages are the device's own (the cells bundle's `CellAnalyser`, as `pipeline.analyse`
+runs it after the quality gate): scale from the red cells and white-cell detection, the crops
 (cut, white-balanced, filtered, normalised), one batched int8 inference of all crops,
 and the decision (slide features, score, boxes). The issue's budget, 300 ms median,
 is for those four; decoding the JPEG (at full size, as cells mode does) is printed
@@ -20,19 +19,19 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from leukoscope.analysis.analysers import CellAnalyser
 from leukoscope.analysis.detection import estimate_scale
 from leukoscope.bench.whole_field import jpeg_bytes, publish
 from leukoscope.core.errors import BundleError, ImageError
 from leukoscope.core.imageio import load_image
 from leukoscope.core.synthetic import make_smear
-from leukoscope.model.bundle import Bundle, load_bundle
+from leukoscope.model.bundle import load_bundle
 
 #: The issue's budget for the whole cell analysis of one still (ms, median).
 BUDGET_MS = 300.0
@@ -57,11 +56,15 @@ def _median(values: list[float]) -> float:
 
 
 def run_bench(
-    jpeg: bytes, bundle: Bundle, runs: int, *, px_per_um: float | None = None
+    jpeg: bytes,
+    analyser: CellAnalyser,
+    runs: int,
+    *,
+    px_per_um: float | None = None,
 ) -> dict[str, Any]:
     """Time the cell analysis `runs` times (after one warm-up); medians per stage."""
     rgb = load_image(jpeg)
-    first = bundle.analyse_cells(rgb, px_per_um=px_per_um)  # warm-up (allocates the batch)
+    first = analyser.analyse_cells(rgb, px_per_um=px_per_um)  # warm-up (allocates the batch)
     if first.report is None or first.retake is not None:
         raise ImageError(f"the bench photo is a retake ({first.retake}): nothing to time")
     per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
@@ -71,7 +74,7 @@ def run_bench(
         t0 = time.perf_counter()
         image = load_image(jpeg)
         t1 = time.perf_counter()
-        result = bundle.analyse_cells(image, px_per_um=px_per_um)
+        result = analyser.analyse_cells(image, px_per_um=px_per_um)
         t2 = time.perf_counter()
         decodes.append((t1 - t0) * 1000)
         totals.append((t2 - t1) * 1000)
@@ -90,10 +93,7 @@ def run_bench(
     report = first.report
     total = _median(totals)
     return {
-        "bundle": bundle.label,
-        "runtime": bundle.classifier.runtime,
-        "threads": bundle.classifier.num_threads,
-        "input": list(bundle.manifest.input_size),
+        "input": list(analyser.params.input_size),
         "image_size": list(report.image_size),
         "px_per_um": round(report.px_per_um, 3),
         "scale_source": report.scale_source,
@@ -168,24 +168,18 @@ def print_bench(
     if report is not None:  # an unusable --report path fails now, not after the runs
         report.parent.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(bundle_dir, num_threads=threads)
-    if bundle.manifest.analysis_mode != "cells":
+    if not isinstance(bundle.analyser, CellAnalyser):
         raise BundleError(
             f"{bundle_dir}: a {bundle.manifest.analysis_mode} bundle; bench-cells needs a "
             "cells bundle"
         )
     if jpeg is None:
         jpeg = busy_still_jpeg()
-    result = run_bench(jpeg, bundle, runs, px_per_um=px_per_um)
+    result = {
+        "bundle": bundle.label,
+        "runtime": bundle.classifier.runtime,
+        "threads": bundle.classifier.num_threads,
+        **run_bench(jpeg, bundle.analyser, runs, px_per_um=px_per_um),
+    }
     publish(format_report(result, str(image) if image else "synthetic still"), result, report)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line (`python -m leukoscope.bench.cells`; `leukoscope bench-cells` is the same)."""
-    from leukoscope.cli import main as cli
-
-    return cli.main(["bench-cells", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,6 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from leukoscope.analysis.analysers import WholeFieldAnalyser
 from leukoscope.analysis.preprocess import filter_paper, preprocess, resize
 from leukoscope.core.errors import BundleError
 from leukoscope.core.imageio import load_image
@@ -83,7 +84,8 @@ def run_bench(bundle_dir: Path, runs: int = 20) -> dict[str, Any]:
     _reset_peak_rss()
     load_1min = os.getloadavg()[0]
     b1 = load_bundle(bundle_dir, num_threads=1)
-    if b1.manifest.analysis_mode != "whole-field":
+    analyser = b1.analyser
+    if not isinstance(analyser, WholeFieldAnalyser):
         raise BundleError(
             f"{bundle_dir}: a {b1.manifest.analysis_mode!r} bundle; this bench times the "
             f"whole-field pipeline: use `leukoscope bench-cells --bundle {bundle_dir}`"
@@ -101,7 +103,7 @@ def run_bench(bundle_dir: Path, runs: int = 20) -> dict[str, Any]:
         return resize(resize(filter_paper(full, params), params.resize), params.input_size)
 
     def total() -> object:
-        return b1.predict(load_image(jpeg, min_size=params.resize))
+        return analyser.predict(analyser.decode(jpeg))
 
     stages: dict[str, tuple[float, float]] = {
         "decode (reduced JPEG decode)": _median_ms(

@@ -12,12 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from leukoscope import __version__
+from leukoscope.analysis.analysers import CellAnalyser
+from leukoscope.bench import cells as bench_cells
+from leukoscope.bench import whole_field as bench_whole_field
 from leukoscope.cli import appliance as appcli
 from leukoscope.cli import model as modelcli
 from leukoscope.cli import web as webcli
 from leukoscope.cli.args import positive_int, thread_count
 from leukoscope.config import PX_PER_UM_RANGE
 from leukoscope.core.errors import LeukoscopeError
+from leukoscope.core.imageio import iter_image_paths
+from leukoscope.core.synthetic import write_demo_images
+from leukoscope.model.bundle import load_bundle
+from leukoscope.pipeline import analyse
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +62,9 @@ def _one_line(text: str) -> str:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """Classify image files and folders; one bad file does not stop the others."""
-    from leukoscope.core.imageio import iter_image_paths
-    from leukoscope.model.bundle import load_bundle
-    from leukoscope.pipeline import analyse
-
     bundle = load_bundle(args.bundle, num_threads=args.threads)
     m = bundle.manifest
-    cells_mode = m.analysis_mode == "cells"
+    cells_mode = isinstance(bundle.analyser, CellAnalyser)
     if args.px_per_um is not None and not cells_mode:
         print(
             f"error: --px-per-um applies to cells bundles only ({bundle.label} is "
@@ -77,7 +80,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     for path in paths:
         t0 = time.perf_counter()
         try:
-            rgb = bundle.load_for_model(path)
+            rgb = bundle.analyser.decode(path)
             pred = analyse(
                 rgb, bundle, None, gate=not args.no_quality_gate, px_per_um=args.px_per_um
             )
@@ -130,8 +133,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_demo_images(args: argparse.Namespace) -> int:
     """Write synthetic smear fields for demos and the replay camera."""
-    from leukoscope.core.synthetic import write_demo_images
-
     for path in write_demo_images(args.folder, args.count):
         print(path)
     return 0
@@ -139,15 +140,11 @@ def cmd_demo_images(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Print stage timings and peak memory for a 5-megapixel still."""
-    from leukoscope.bench import whole_field as bench
-
-    return bench.main(args.bundle, args.runs, args.report)
+    return bench_whole_field.main(args.bundle, args.runs, args.report)
 
 
 def cmd_bench_cells(args: argparse.Namespace) -> int:
     """Print stage timings of cell analysis for a 5-megapixel still."""
-    from leukoscope.bench import cells as bench_cells
-
     return bench_cells.print_bench(
         args.image,
         args.bundle,
