@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from leukoscope.appliance import records
-from leukoscope.appliance.records import TMP_DIR, NewRecord, Record, RecordFilter, Store
+from leukoscope.appliance.records import (
+    SCHEMA_VERSION,
+    TMP_DIR,
+    NewRecord,
+    Record,
+    RecordFilter,
+    Store,
+)
 from leukoscope.core.errors import StoreError
 from leukoscope.model.manifest import sha256_file
 
@@ -312,7 +319,9 @@ def test_an_old_database_opens_keeps_its_records_and_gains_cells(tmp_path: Path)
     s = Store(db, tmp_path / "images")
     try:
         s.recover()  # the old record's image is still its own
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        tables = {r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"samples", "sample_fields", "cell_reviews"} <= tables
         [row] = s.reader.page(20).items
         assert row.sample_id == "OLD-1" and row.p_leukemia == 0.8
         assert row.cells is None and not row.image_deleted
@@ -332,12 +341,12 @@ def test_a_database_from_a_newer_build_is_refused_untouched(tmp_path: Path) -> N
     db = tmp_path / "db.sqlite3"
     Store(db, tmp_path / "images").close()
     conn = sqlite3.connect(db)
-    conn.execute("PRAGMA user_version=3")
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(StoreError, match="schema version 3"):
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}"):
         Store(db, tmp_path / "images")
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
     conn.close()
 
 

@@ -14,6 +14,7 @@ leave: temporary files, and images no record refers to.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -23,7 +24,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
@@ -36,8 +37,9 @@ from leukoscope.model.manifest import sha256_bytes
 
 logger = logging.getLogger(__name__)
 
-#: 1: the first schema; 2: adds `cells` (the per-cell result of a `cells` bundle).
-SCHEMA_VERSION = 2
+#: 1: the first schema; 2: adds `cells` (the per-cell result of a `cells` bundle);
+#: 3: adds samples, their fields and cell reviews (`appliance.samples`).
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -64,6 +66,45 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_created ON results (created_unix);
 CREATE INDEX IF NOT EXISTS results_image ON results (image_deleted, created_unix);
+CREATE TABLE IF NOT EXISTS samples (
+    id              TEXT PRIMARY KEY,  -- the sample id the technician gave
+    started_at      TEXT NOT NULL,     -- UTC, ISO 8601
+    started_unix    REAL NOT NULL,
+    state           TEXT NOT NULL,     -- open, decided, closed
+    verdict         TEXT,              -- once decided
+    message         TEXT NOT NULL,     -- where it stands, in words
+    closed_at       TEXT,
+    rule            TEXT NOT NULL,     -- JSON: the rule and error rates it is judged by
+    model_name      TEXT,
+    model_version   TEXT,
+    model_sha256    TEXT
+);
+CREATE INDEX IF NOT EXISTS samples_started ON samples (started_unix);
+CREATE TABLE IF NOT EXISTS sample_fields (
+    sample_id       TEXT NOT NULL REFERENCES samples (id),
+    record_id       INTEGER NOT NULL UNIQUE REFERENCES results (id),
+    position        INTEGER NOT NULL,  -- 1, 2, ... in the order taken
+    status          TEXT NOT NULL,     -- counted, repeat, retake
+    n_cells         INTEGER NOT NULL,
+    n_blasts        INTEGER NOT NULL,
+    repeats_record  INTEGER,           -- status repeat: the counted field it shows again
+    shared          REAL,              -- and the share of the area they have in common
+    fingerprint     BLOB,              -- uint8 grey thumbnail (analysis.overlap)
+    fp_width        INTEGER,
+    fp_height       INTEGER,
+    PRIMARY KEY (sample_id, position)
+);
+CREATE TABLE IF NOT EXISTS cell_reviews (
+    record_id       INTEGER NOT NULL REFERENCES results (id),
+    cell_index      INTEGER NOT NULL,  -- index in the record's per-cell list
+    sample_id       TEXT NOT NULL REFERENCES samples (id),
+    label           TEXT NOT NULL,     -- blast, not-blast
+    model_blast     INTEGER NOT NULL,  -- what the model called it
+    p_blast         REAL,
+    reviewer        TEXT NOT NULL,
+    reviewed_at     TEXT NOT NULL,     -- UTC, ISO 8601
+    PRIMARY KEY (record_id, cell_index)
+);
 """
 TMP_DIR = ".tmp"
 #: More unreferenced (or missing) images than a few crashes can explain: touch nothing.
@@ -356,8 +397,18 @@ class Store:
             raise StoreError(f"cannot write image {rel}: {exc.strerror or exc}") from None
         return rel
 
-    def add(self, rec: NewRecord, image: bytes | None = None, suffix: str = ".jpg") -> int:
+    def add(
+        self,
+        rec: NewRecord,
+        image: bytes | None = None,
+        suffix: str = ".jpg",
+        *,
+        then: Callable[[sqlite3.Connection, int], None] | None = None,
+    ) -> int:
         """Write the image (if any) durably, then the record; return the record's id.
+
+        `then(db, record_id)` runs inside the record's transaction (a sample's field is
+        written with its record, or neither is).
 
         Raises:
             StoreError: the disk is full or the database cannot be written; nothing of
@@ -367,6 +418,7 @@ class Store:
         with self._lock:
             rel = self._write_image(image, suffix, rec.created_unix) if image else None
             try:
+                self.db.execute("BEGIN IMMEDIATE")
                 cur = self.db.execute(
                     """INSERT INTO results (created_at, created_unix, trigger, sample_id,
                     outcome, p_leukemia, probabilities, retake_reasons, quality, timings_ms,
@@ -393,11 +445,44 @@ class Store:
                         cells_text,
                     ),
                 )
-            except sqlite3.Error as exc:
+                record_id = int(cur.lastrowid or 0)
+                if then is not None:
+                    then(self.db, record_id)
+                self.db.execute("COMMIT")
+            except (sqlite3.Error, StoreError) as exc:
+                self._rollback()
                 if rel is not None:
                     (self.images_dir / rel).unlink(missing_ok=True)
+                if isinstance(exc, StoreError):
+                    raise
                 raise StoreError(f"cannot write the record: {exc}") from None
-            return int(cur.lastrowid or 0)
+            return record_id
+
+    def _rollback(self) -> None:
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            logger.warning("rollback failed", exc_info=True)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the store's lock: committed whole or not at all.
+
+        Raises:
+            StoreError: the database cannot be written (nothing of it is kept).
+        """
+        with self._lock:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                yield self.db
+                self.db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StoreError(f"cannot write the record store: {exc}") from None
+            except BaseException:
+                self._rollback()
+                raise
 
     # --- retention and recovery -----------------------------------------------------------
 
@@ -504,6 +589,12 @@ class Store:
         with self._lock:
             return bool(self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close the reader, then checkpoint and close the database (idempotent)."""
         self.reader.close()
@@ -565,6 +656,10 @@ class RecordReader:
         elif self._closed:
             raise StoreError("the record store is closed")
         return conn
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's read-only connection (for the readers of the other tables)."""
+        return self._db()
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         try:
