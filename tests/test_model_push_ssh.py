@@ -31,10 +31,11 @@ import pytest
 
 from leukoscope.appliance.control import ControlError, request
 from leukoscope.model.manifest import MODEL_FILE, sha256_file
-from leukoscope.model.store import FAULT_ENV, SIGNATURE_FILE
+from leukoscope.model.store import SIGNATURE_FILE
 from tests.test_modelstore import keys, signed  # noqa: F401 - shared fixtures
 
 BIN = Path(sys.executable).parent
+FAULTY = Path(__file__).with_name("faulty_leukoscope.py")
 SSHD = shutil.which("sshd") or next(
     (p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.access(p, os.X_OK)), None
 )
@@ -157,9 +158,11 @@ class Appliance:
         assert reply["ok"], reply
         return reply["result"]
 
-    def remote(self, extra_env: str = "") -> str:
-        """How the Pi side runs `leukoscope` in this test (sudo on a real Pi)."""
-        return f"env LEUKOSCOPE_CONFIG={self.config} {extra_env} {BIN / 'leukoscope'}"
+    def remote(self, fault: str = "") -> str:
+        """How the Pi side runs `leukoscope` in this test (sudo on a real Pi); with a
+        fault, through tests/faulty_leukoscope.py, which injects it."""
+        run = f"{sys.executable} {FAULTY} {fault}" if fault else str(BIN / "leukoscope")
+        return f"env LEUKOSCOPE_CONFIG={self.config} {run}"
 
 
 def _wait(what: str, check: Any, timeout: float = 60.0) -> None:
@@ -223,11 +226,11 @@ def appliance(
             proc.wait()
 
 
-def push(sshd: Sshd, app: Appliance, bundle: Path, *extra: str, remote_env: str = ""):
+def push(sshd: Sshd, app: Appliance, bundle: Path, *extra: str, fault: str = ""):
     return subprocess.run(
         [BIN / "leukoscope-tools", "push", str(bundle), f"{sshd.user}@127.0.0.1",
          *sshd.push_args(), "--incoming", str(app.incoming),
-         "--remote-leukoscope", app.remote(remote_env), *extra],
+         "--remote-leukoscope", app.remote(fault), *extra],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -316,7 +319,7 @@ def test_install_killed_after_the_switch_leaves_a_truthful_list(
     signed: list[Path],  # noqa: F811
 ):
     running = daemon_sha(appliance)
-    res = push(sshd, appliance, signed[3], "--activate", remote_env=f"{FAULT_ENV}=crash:reload")
+    res = push(sshd, appliance, signed[3], "--activate", fault="crash:reload")
     assert res.returncode == 1
     listed = appliance.model_list()
     active = next(v for v in listed["versions"] if v["active"])
@@ -337,7 +340,7 @@ def test_a_model_the_daemon_refuses_is_rolled_back_by_itself(
 ):
     before = appliance.model_list()
     res = push(sshd, appliance, signed[4], "--activate",
-               remote_env=f"{FAULT_ENV}=corrupt-after-switch")  # fmt: skip
+               fault="corrupt-after-switch")  # fmt: skip
     assert res.returncode == 1
     assert "rolled back" in res.stdout and "refused the new model" in res.stdout
     after = appliance.model_list()

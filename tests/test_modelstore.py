@@ -20,7 +20,6 @@ from leukoscope.model.bundle import load_bundle
 from leukoscope.model.manifest import MANIFEST, MODEL_FILE, sha256_file
 from leukoscope.model.store import (
     ACTIVE,
-    FAULT_ENV,
     PREVIOUS,
     SIGNATURE_FILE,
     STEPS,
@@ -285,9 +284,10 @@ INSTALL_SCRIPT = """
 import sys
 from pathlib import Path
 from leukoscope.model.store import ModelStore, StoreSettings
-s = StoreSettings(store_dir=Path(sys.argv[1]), keep=2, allowed_signers=Path(sys.argv[2]),
+from tests.faulty_leukoscope import kill_at
+s = StoreSettings(store_dir=Path(sys.argv[2]), keep=2, allowed_signers=Path(sys.argv[3]),
                   require_signature=True, reload="none")
-ModelStore(s).install(Path(sys.argv[3]), activate=True, report=print)
+ModelStore(s, on_step=kill_at(sys.argv[1])).install(Path(sys.argv[4]), activate=True, report=print)
 """
 
 #: The version active after a kill at each step (1.0.2 before the switch, 1.0.3 after).
@@ -313,10 +313,9 @@ def test_sigkill_at_each_install_step_leaves_a_complete_model(
     store = ModelStore(settings(tmp_path, keys, keep=2))
     store.install(signed[0], activate=True, report=quiet)
     store.install(signed[1], activate=True, report=quiet)
-    env = {**os.environ, FAULT_ENV: f"crash:{step}"}
-    args = [str(store.root), str(keys / "allowed_signers"), str(signed[2])]
+    args = [step, str(store.root), str(keys / "allowed_signers"), str(signed[2])]
     res = subprocess.run(
-        [sys.executable, "-c", INSTALL_SCRIPT, *args], env=env, capture_output=True, text=True
+        [sys.executable, "-c", INSTALL_SCRIPT, *args], capture_output=True, text=True
     )
     assert res.returncode == -signal.SIGKILL, res.stderr
 

@@ -56,10 +56,6 @@ VERSIONS = "versions"
 ACTIVE = "active"
 PREVIOUS = "previous"
 RELOAD_METHODS = ("signal", "systemctl", "none")
-#: Test-only: `crash:STEP` SIGKILLs the command at STEP (see `STEPS`); `corrupt-after-switch`
-#: damages the new model right after the switch, as a failing SD card would, so the
-#: daemon's own check refuses it. Never set in production.
-FAULT_ENV = "LEUKOSCOPE_TEST_FAULT"
 #: The points an install may be killed at, in order: half the files copied; checked but
 #: not yet in versions/; in versions/; `previous` updated; the new `active` link made
 #: under its temporary name; `active` switched, daemon not yet confirmed; an old version
@@ -119,13 +115,6 @@ class Version:
             "active": self.active,
             "previous": self.previous,
         }
-
-
-def _fault(step: str) -> None:
-    """Die here with SIGKILL when the test-only fault variable names this step."""
-    if os.environ.get(FAULT_ENV) == f"crash:{step}":
-        logger.warning("test fault: SIGKILL at step %s", step)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _copy_file(src: Path, dst: Path) -> None:
@@ -308,11 +297,28 @@ def _model_error(status: dict[str, Any]) -> str | None:
 class ModelStore:
     """The versioned bundles in one folder, and the links that pick the active one."""
 
-    def __init__(self, settings: StoreSettings, daemon: DaemonLink | None = None) -> None:
+    def __init__(
+        self,
+        settings: StoreSettings,
+        daemon: DaemonLink | None = None,
+        *,
+        on_step: Callable[[str], None] | None = None,
+    ) -> None:
+        """Args:
+        settings: the store's folder, signers and how to reach the daemon.
+        daemon: the running daemon's link (default: from the settings).
+        on_step: called with each of `STEPS` as an install or prune reaches it (the
+            crash tests kill or damage the install there).
+        """
         self.settings = settings
         self.root = Path(settings.store_dir)
         self.versions = self.root / VERSIONS
         self.daemon = daemon if daemon is not None else DaemonLink(settings)
+        self._on_step = on_step
+
+    def _step(self, step: str) -> None:
+        if self._on_step is not None:
+            self._on_step(step)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -478,7 +484,7 @@ class ModelStore:
         trash = self.versions / f".trash-{path.name}"
         os.rename(path, trash)
         fsync_dir(self.versions)
-        _fault("prune")
+        self._step("prune")
         shutil.rmtree(trash, ignore_errors=True)
 
     def _add(self, src: Path, manifest_sha: str, vid: str, report: Reporter) -> None:
@@ -494,7 +500,7 @@ class ModelStore:
             for i, rel in enumerate(names):
                 _copy_file(src / rel, tmp / rel)
                 if i == len(names) // 2:
-                    _fault("copy")
+                    self._step("copy")
             # Everything below checks the copy, so what was checked is what is installed.
             try:
                 signer = self.check_signature(tmp)
@@ -522,13 +528,13 @@ class ModelStore:
             for sub in sorted({p.parent for p in tmp.rglob("*")}, reverse=True):
                 fsync_dir(sub)
             os.chmod(tmp, 0o755)
-            _fault("verify")
+            self._step("verify")
             os.rename(tmp, self.versions / vid)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         fsync_dir(self.versions)
-        _fault("commit")
+        self._step("commit")
         report(f"installed {vid}")
 
     def _set_link(self, name: str, vid: str | None) -> None:
@@ -541,7 +547,7 @@ class ModelStore:
             tmp.unlink(missing_ok=True)
             os.symlink(f"{VERSIONS}/{vid}", tmp)
             if name == ACTIVE:
-                _fault("link")
+                self._step("link")
             os.replace(tmp, path)
         fsync_dir(self.root)
 
@@ -577,13 +583,10 @@ class ModelStore:
             return self._describe(version.path, version.id, old_previous)
         if old_active is not None:
             self._set_link(PREVIOUS, old_active)
-        _fault("switch")
+        self._step("switch")
         self._set_link(ACTIVE, version.id)
         report(f"switched active model to {version.id}")
-        _fault("reload")
-        if os.environ.get(FAULT_ENV) == "corrupt-after-switch":
-            with (version.path / "model.tflite").open("r+b") as f:
-                f.truncate(64)
+        self._step("reload")
         why = self._reload(version, status, report)
         if why is not None:
             self._set_link(ACTIVE, old_active)
