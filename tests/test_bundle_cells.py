@@ -97,11 +97,6 @@ def test_each_analysis_mode_loads_its_own_analyser(
     w, h = whole.manifest.preprocess.resize
     assert decode_size(whole) == (max(w, WORKING_LONG_SIDE), max(h, WORKING_LONG_SIDE))
     assert decode_size(cells) is None
-    rgb = make_smear(400, 300, n_wbc=3, px_per_um=4.0, seed=3).image
-    with pytest.raises(ValueError, match="is not a whole-field bundle"):
-        cells.predict(rgb)
-    with pytest.raises(ValueError, match="is not a cells bundle"):
-        whole.analyse_cells(rgb)
 
 
 def test_predict_batch_equals_predict_crop_by_crop(session_cells_bundle: Path) -> None:

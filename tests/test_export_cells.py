@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from leukoscope.analysis.analysers import CellAnalyser
 from leukoscope.analysis.cells import CellSettings
 from leukoscope.analysis.decision import Thresholds
 from leukoscope.analysis.preprocess import PreprocessParams
@@ -78,8 +79,10 @@ def test_write_cells_bundle_writes_a_bundle_that_loads(tiny_model: Any, tmp_path
         min_cells=2, max_cells=32, bias=-1.0, w_top_k=2.0, w_density=1.0
     )
     # The recorded golden scores are what the device computes for those smears.
+    analyser = bundle.analyser
+    assert isinstance(analyser, CellAnalyser)
     for case in bundle.manifest.golden:
-        result = bundle.analyse_cells(bundle.load_for_model((root / case.file).read_bytes()))
+        result = analyser.analyse_cells(analyser.decode((root / case.file).read_bytes()))
         assert result.report is not None
         assert result.report.score == pytest.approx(case.p_leukemia, abs=1e-6)
     assert len({c.p_leukemia for c in bundle.manifest.golden}) > 1

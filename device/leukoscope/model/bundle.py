@@ -18,12 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from leukoscope.analysis.analysers import Analyser, CellAnalyser, Prediction, WholeFieldAnalyser
-from leukoscope.analysis.cells import CellAnalysis
+from leukoscope.analysis.analysers import Analyser, CellAnalyser, WholeFieldAnalyser
 from leukoscope.core.errors import BundleError, ImageError
 from leukoscope.core.fsutil import read_regular_file
 from leukoscope.model.classifier import TFLiteClassifier
-from leukoscope.model.manifest import MODEL_FILE, Manifest, read_manifest, sha256_bytes
+from leukoscope.model.manifest import (
+    MODEL_FILE,
+    NO_SAMPLE_RULE,
+    Manifest,
+    read_manifest,
+    sha256_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,24 +88,6 @@ class Bundle:
     def label(self) -> str:
         """`name version` for logs and the CLI."""
         return f"{self.manifest.name} {self.manifest.version}"
-
-    # Shortcuts for the host tools (evaluate, ship), which know their bundle's mode; the
-    # device calls `analyser` itself.
-    def load_for_model(self, source: Path | bytes) -> np.ndarray:
-        """Decode an image file at the smallest scale the analyser can use."""
-        return self.analyser.decode(source)
-
-    def predict(self, rgb: np.ndarray) -> Prediction:
-        """Classify an 8-bit RGB photo (a whole-field bundle; no quality gate)."""
-        if not isinstance(self.analyser, WholeFieldAnalyser):
-            raise ValueError(f"{self.label} is not a whole-field bundle")
-        return self.analyser.predict(rgb)
-
-    def analyse_cells(self, rgb: np.ndarray, *, px_per_um: float | None = None) -> CellAnalysis:
-        """The cell analysis of an 8-bit RGB photo (a cells bundle; no quality gate)."""
-        if not isinstance(self.analyser, CellAnalyser):
-            raise ValueError(f"{self.label} is not a cells bundle")
-        return self.analyser.analyse_cells(rgb, px_per_um=px_per_um)
 
 
 def _check_files(root: Path, manifest: Manifest) -> dict[str, bytes]:
@@ -190,4 +177,6 @@ def load_bundle(root: Path, *, num_threads: int = 1) -> Bundle:
         manifest.model_sha256[:12],
         worst,
     )
+    if isinstance(bundle.analyser, CellAnalyser) and manifest.sample is None:
+        logger.warning("bundle %s %s", bundle.label, NO_SAMPLE_RULE)
     return bundle

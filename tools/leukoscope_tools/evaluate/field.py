@@ -50,9 +50,9 @@ def breakdown(
 
 def bundle_probs(bundle_dir: Path, root: Path, paths: Sequence[str]) -> np.ndarray:
     """P(leukemia) of each photo (a path under `root`) by a bundle, via the device's code."""
-    bundle = load_bundle(bundle_dir)
+    analyser = load_bundle(bundle_dir).analyser
     return np.array(
-        [bundle.predict(bundle.load_for_model(root / path)).p_leukemia for path in paths],
+        [analyser.analyse(analyser.decode(root / path)).p_leukemia for path in paths],
         np.float64,
     )
 

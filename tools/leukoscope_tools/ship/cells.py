@@ -25,6 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from leukoscope.analysis.analysers import CellAnalyser
 from leukoscope.analysis.cells import CellSettings, normalise
 from leukoscope.analysis.decision import Thresholds
 from leukoscope.model.bundle import load_bundle
@@ -65,13 +66,16 @@ def parity(
     ruler's, or kaggle-all's calibrated value, as a configured `px_per_um` would give).
     """
     bundle = load_bundle(bundle_dir)
+    analyser = bundle.analyser
+    if not isinstance(analyser, CellAnalyser):
+        raise ValueError(f"{bundle_dir}: not a cells bundle")
     th = bundle.manifest.thresholds
     diffs, agree, retake_agree, n = [], 0, 0, 0
     ms: list[float] = []
     device = np.full(len(photos), np.nan)
     for i, (ph, fs) in enumerate(zip(photos, float_score, strict=True)):
-        rgb = bundle.load_for_model(data / ph.path)
-        a = bundle.analyse_cells(rgb, px_per_um=ph.px_per_um)
+        rgb = analyser.decode(data / ph.path)
+        a = analyser.analyse_cells(rgb, px_per_um=ph.px_per_um)
         device_retake = a.retake is not None
         retake_agree += int(device_retake == bool(np.isnan(fs)))
         n += 1
