@@ -18,6 +18,7 @@ import pytest
 
 from leukoscope.analysis.cells import CellSettings, SlideFeatures, slide_score
 from leukoscope_tools.cli import main
+from leukoscope_tools.data.annotations import MATCH_UM, read_xyc
 from leukoscope_tools.data.cells import (
     DEFAULT_SPLIT,
     SOURCES,
@@ -33,10 +34,8 @@ from leukoscope_tools.data.cells import (
 from leukoscope_tools.data.photos import Row, read_table, write_table
 from leukoscope_tools.evaluate.cell_compare import compare, paired_auc_diff, render, spread, verdict
 from leukoscope_tools.evaluate.detection import (
-    MATCH_UM,
     SlideResult,
     format_whole_field_split,
-    read_xyc,
     whole_field_split,
 )
 from leukoscope_tools.ship.cells import render_card

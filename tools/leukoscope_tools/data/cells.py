@@ -48,9 +48,9 @@ from leukoscope.analysis.detection import Detection, WhiteCell, detect_white_cel
 from leukoscope.analysis.preprocess import PreprocessParams
 from leukoscope.core.errors import ImageError
 from leukoscope.core.imageio import load_image
+from leukoscope_tools.data.annotations import MATCH_UM, match, read_xyc
 from leukoscope_tools.data.idb2_sources import read_idb2_sources
 from leukoscope_tools.data.photos import LEUKEMIA, SPLITS, Row, read_table
-from leukoscope_tools.evaluate.detection import MATCH_UM, match, read_xyc
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from leukoscope.analysis.cells import CellSettings
 from leukoscope.analysis.decision import Thresholds
 from leukoscope_tools.data.cells import SOURCES, CellSet, PhotoRow, load, y_of
 from leukoscope_tools.evaluate.field import bundle_probs
-from leukoscope_tools.evaluate.metrics import binary_metrics, choose_band, roc_auc
+from leukoscope_tools.metrics import binary_metrics, choose_band, roc_auc
 from leukoscope_tools.train.slide import (
     CELL_CUTS,
     choose_slide_model,

@@ -22,15 +22,9 @@ import numpy as np
 
 from leukoscope.analysis.detection import crop_cells, detect_white_cells
 from leukoscope.core.imageio import load_image
-from leukoscope_tools.evaluate.detection import (
-    DEFAULT_SPLIT,
-    MATCH_UM,
-    group_of,
-    list_slides,
-    match,
-    read_split,
-)
-from leukoscope_tools.evaluate.metrics import roc_auc
+from leukoscope_tools.data.annotations import MATCH_UM, match
+from leukoscope_tools.evaluate.detection import DEFAULT_SPLIT, group_of, list_slides, read_split
+from leukoscope_tools.metrics import roc_auc
 from leukoscope_tools.train.cells import symmetries
 from leukoscope_tools.train.loop import new_model
 

@@ -17,8 +17,7 @@ from leukoscope_tools.data.arrays import labels_of, load_uint8, normalise
 from leukoscope_tools.data.augment import expand_with_copies
 from leukoscope_tools.data.photos import EXCLUDED, SPLITS, Row, select
 from leukoscope_tools.evaluate import figures
-from leukoscope_tools.evaluate.metrics import binary_metrics, choose_cut
-from leukoscope_tools.ship.report import fmt, fmt_ci
+from leukoscope_tools.metrics import binary_metrics, choose_cut, fmt, fmt_ci
 from leukoscope_tools.train.field import (
     TrainConfig,
     fit,

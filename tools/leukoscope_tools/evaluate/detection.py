@@ -31,6 +31,7 @@ from leukoscope.analysis.detection import (
     estimate_scale,
 )
 from leukoscope.core.imageio import load_image
+from leukoscope_tools.data.annotations import MATCH_UM, match, read_xyc
 from leukoscope_tools.data.idb2_sources import read_idb2_sources
 from leukoscope_tools.data.photos import read_table
 
@@ -47,9 +48,6 @@ OVERLAP_GROUPS = (
     ("Im078", "Im089"),
 )
 EXCLUDED = frozenset({"Im108"})
-#: A detection matches an annotated blast when its centre is this close (um): about a
-#: blast nucleus's radius, so a hit lies on the annotated cell's nucleus.
-MATCH_UM = 6.0
 #: A stricter radius (um), reported beside it: is the hit on the nucleus's centre?
 STRICT_UM = 4.0
 NOTES = """\
@@ -122,14 +120,6 @@ class SlideResult:
     unmatched: int
     seconds: float
     missed: list[tuple[float, float]] = field(default_factory=list)
-
-
-def read_xyc(path: Path) -> np.ndarray:
-    """Blast centroids from an .xyc file (K x 2; empty for healthy slides)."""
-    values = [float(v) for v in path.read_text().split()]
-    if len(values) % 2:
-        raise ValueError(f"{path}: odd number of coordinates")
-    return np.asarray(values, np.float64).reshape(-1, 2)
 
 
 def list_slides(data: Path) -> list[Slide]:
@@ -250,26 +240,6 @@ def format_whole_field_split(
             f"| {fresh_found} / {fresh_blasts} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def match(
-    truth: np.ndarray, found: np.ndarray, max_dist: float
-) -> tuple[int, list[int], np.ndarray]:
-    """Greedy one-to-one matching by distance: (matches, unmatched truth rows, used mask)."""
-    used = np.zeros(len(found), bool)
-    if len(truth) == 0 or len(found) == 0:
-        return 0, list(range(len(truth))), used
-    d = np.linalg.norm(truth[:, None, :] - found[None, :, :], axis=2)
-    pairs = sorted((d[i, j], i, j) for i in range(len(truth)) for j in range(len(found)))
-    matched_truth: set[int] = set()
-    for dist, i, j in pairs:
-        if dist > max_dist:
-            break
-        if i in matched_truth or used[j]:
-            continue
-        matched_truth.add(i)
-        used[j] = True
-    return len(matched_truth), [i for i in range(len(truth)) if i not in matched_truth], used
 
 
 def evaluate_slide(slide: Slide, params: DetectParams) -> SlideResult:

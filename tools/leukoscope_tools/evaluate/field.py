@@ -17,7 +17,7 @@ from leukoscope.model.bundle import load_bundle
 from leukoscope.model.manifest import MANIFEST, read_manifest
 from leukoscope_tools.data.arrays import labels_of, load_uint8, normalise
 from leukoscope_tools.data.photos import EXCLUDED, Row, parse_table, select
-from leukoscope_tools.evaluate.metrics import binary_metrics, choose_cut
+from leukoscope_tools.metrics import binary_metrics, choose_cut
 from leukoscope_tools.train.field import load_run, positive_prob
 from leukoscope_tools.train.models import ARCHS
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
-from leukoscope_tools.evaluate.metrics import roc_auc, roc_curve
+from leukoscope_tools.metrics import roc_auc, roc_curve
 
 logger = logging.getLogger(__name__)
 

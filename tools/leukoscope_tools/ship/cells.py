@@ -37,7 +37,7 @@ from leukoscope_tools.evaluate.cell_compare import (
     seeds_table,
     verdict,
 )
-from leukoscope_tools.evaluate.metrics import roc_auc
+from leukoscope_tools.metrics import roc_auc
 from leukoscope_tools.ship.export import to_int8_tflite, write_cells_bundle
 from leukoscope_tools.train.cells import select
 from leukoscope_tools.train.slide import photo_features, scores

@@ -15,7 +15,7 @@ from leukoscope_tools.data.arrays import labels_of, load_uint8, normalise
 from leukoscope_tools.data.photos import Row, select, split_counts, table_bytes
 from leukoscope_tools.evaluate import figures
 from leukoscope_tools.evaluate.field import SPLIT_FILE, breakdown, cross_source
-from leukoscope_tools.evaluate.metrics import choose_band
+from leukoscope_tools.metrics import choose_band, fmt, fmt_ci
 from leukoscope_tools.ship.export import write_bundle
 from leukoscope_tools.ship.quantize import MODEL_INT8, tflite_prob
 from leukoscope_tools.train.field import load_run
@@ -33,23 +33,6 @@ CITATIONS = """\
 - Not used: ALL-IDB2 (single-cell crops cut from ALL-IDB1 slides: a whole-field model
   must not see them, and crops of a test slide in training would leak) and BCCD
   (no diagnosis label: not "normal")."""
-
-
-def fmt(v: Any) -> str:
-    """A metric for a table: 0.1234 -> 0.123, None -> n/a."""
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)
-
-
-def fmt_ci(m: dict[str, Any], key: str) -> str:
-    """`value [lo, hi]` with the 95% interval, or n/a."""
-    ci = m.get(f"{key}_ci")
-    if m.get(key) is None:
-        return "n/a"
-    return f"{m[key]:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{m[key]:.3f}"
 
 
 def metrics_table(sections: dict[str, dict[str, Any]]) -> str:

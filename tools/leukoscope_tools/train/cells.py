@@ -28,7 +28,7 @@ import numpy as np
 
 from leukoscope.analysis.cells import normalise
 from leukoscope_tools.data.cells import PRE, SOURCES, CellSet, load
-from leukoscope_tools.evaluate.metrics import roc_auc
+from leukoscope_tools.metrics import roc_auc
 from leukoscope_tools.train.loop import (
     Batch,
     Validation,

@@ -15,7 +15,7 @@ import numpy as np
 from leukoscope_tools.data.arrays import labels_of, load_uint8, normalise
 from leukoscope_tools.data.augment import augment_split
 from leukoscope_tools.data.photos import Row, select
-from leukoscope_tools.evaluate.metrics import roc_auc
+from leukoscope_tools.metrics import roc_auc
 from leukoscope_tools.train.loop import (
     Batch,
     Validation,

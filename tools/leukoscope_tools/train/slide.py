@@ -22,7 +22,7 @@ import numpy as np
 
 from leukoscope.analysis.cells import CellSettings, SlideFeatures, slide_features, slide_score
 from leukoscope_tools.data.cells import CellSet, PhotoRow, y_of
-from leukoscope_tools.evaluate.metrics import roc_auc
+from leukoscope_tools.metrics import roc_auc
 
 #: The cell cuts tried on validation photos (a cell at p >= cut counts as a blast).
 CELL_CUTS = (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9)

@@ -1,4 +1,5 @@
-"""Binary classification metrics with confidence intervals, and the validation-chosen band."""
+"""Binary classification metrics with confidence intervals, the validation-chosen band, and
+how reports print them."""
 
 from __future__ import annotations
 
@@ -152,3 +153,20 @@ def choose_band(y: np.ndarray, p: np.ndarray, target: float = 0.95) -> tuple[flo
     high = float(np.nextafter(high, 1.0)) if high < 1.0 else high
     low, high = min(low, cut), max(high, cut)
     return cut, Thresholds(round(max(0.0, low), 6), round(min(1.0, high), 6))
+
+
+def fmt(v: Any) -> str:
+    """A metric for a table: 0.1234 -> 0.123, None -> n/a."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def fmt_ci(m: dict[str, Any], key: str) -> str:
+    """`value [lo, hi]` with the 95% interval, or n/a."""
+    ci = m.get(f"{key}_ci")
+    if m.get(key) is None:
+        return "n/a"
+    return f"{m[key]:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{m[key]:.3f}"
