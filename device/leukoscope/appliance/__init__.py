@@ -1,0 +1,2 @@
+"""The running appliance: the daemon's work loop, records and samples, state, indicator, GPIO,
+sd_notify and the control socket."""

@@ -1,0 +1,2 @@
+"""Benchmarks that print numbers and write reports (not tests): whole-field, cells, the daemon, the
+web page."""

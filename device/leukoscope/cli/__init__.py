@@ -1,0 +1,1 @@
+"""The `leukoscope` command and its subcommands."""
