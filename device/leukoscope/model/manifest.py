@@ -1,8 +1,9 @@
 """Bundle manifests: manifest.json's schema, read and validated, and the sha256 helpers.
 
 A manifest names the model, its labels, input size, preprocessing, decision thresholds,
-analysis mode (and, in cells mode, the `cells` settings), every file with its sha256,
-and the golden cases. `parse_manifest` refuses an unknown or bad key by its path.
+analysis mode (and, in cells mode, the `cells` settings and optionally the `sample`
+rule), every file with its sha256, and the golden cases. `parse_manifest` refuses an
+unknown or bad key by its path. `sample_spec` resolves the rule a rig counts samples by.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any
 
 from leukoscope.analysis.cells import SETTING_RANGES, CellSettings
 from leukoscope.analysis.decision import Thresholds
+from leukoscope.analysis.differential import PERFECT, ErrorRates, SampleRule
 from leukoscope.analysis.preprocess import PreprocessParams
-from leukoscope.core.errors import BundleError
+from leukoscope.config import SampleConfig
+from leukoscope.core.errors import BundleError, ConfigError
 from leukoscope.core.fsutil import read_regular_file
 
 FORMAT_VERSION = 1
@@ -46,6 +49,7 @@ _TOP_KEYS = {
     "training": True,
     "metrics": True,
     "cells": False,  # required in cells mode, refused in whole-field mode
+    "sample": False,  # cells mode only: the sample rule and the cell classifier's rates
     "created": False,
     "description": False,
 }
@@ -128,6 +132,41 @@ class GoldenCase:
     p_leukemia: float
 
 
+#: The `sample` object's keys (all required when it is there).
+_SAMPLE_KEYS = {
+    "threshold": True,
+    "min_cells": True,
+    "max_cells": True,
+    "max_fields": True,
+    "sensitivity": True,
+    "specificity": True,
+    "measured_on": True,
+}
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """How samples are counted: the rule, and the cell classifier's rates to correct by."""
+
+    rule: SampleRule
+    rates: ErrorRates
+    #: Where the rates were measured (e.g. "validation cells, 1,204 cells of 31 slides");
+    #: None when there are none and the count is taken at the classifier's word.
+    measured_on: str | None
+
+    @property
+    def corrected(self) -> bool:
+        """The count is corrected for the classifier's error rates."""
+        return self.measured_on is not None
+
+
+#: Said (logged at load, printed by `sample analyse`) when a bundle has no `sample` object.
+NO_SAMPLE_RULE = (
+    "has no sample rule: samples use the default rule (threshold 5%, 100-400 white cells, "
+    "at most 60 fields) and the blast count is not corrected for the classifier's errors"
+)
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A bundle's manifest, validated."""
@@ -147,6 +186,8 @@ class Manifest:
     golden_tolerance: float
     #: The `cells` object (analysis mode "cells"); None in whole-field mode.
     cells: CellSettings | None = None
+    #: The `sample` object (cells mode, optional); see `sample_spec` for the rule in use.
+    sample: SampleSpec | None = None
 
     @property
     def model_sha256(self) -> str:
@@ -258,6 +299,11 @@ def parse_manifest(raw: Any, where: str = MANIFEST) -> Manifest:
             raise c.fail("input", f"cell crops are square: width {width} != height {height}")
     elif "cells" in top:
         raise c.fail("cells", f"only a cells bundle has a cells object (analysis_mode {mode!r})")
+    sample: SampleSpec | None = None
+    if "sample" in top:
+        if mode != "cells":
+            raise c.fail("sample", f"only a cells bundle counts samples (analysis_mode {mode!r})")
+        sample = _parse_sample(c, top["sample"])
     return Manifest(
         raw=top,
         name=name,
@@ -273,7 +319,55 @@ def parse_manifest(raw: Any, where: str = MANIFEST) -> Manifest:
         golden=tuple(cases),
         golden_tolerance=tol,
         cells=cells,
+        sample=sample,
     )
+
+
+def _parse_sample(c: _Checker, raw: Any) -> SampleSpec:
+    obj = c.obj(raw, "sample", _SAMPLE_KEYS)
+    threshold = c.num(obj["threshold"], "sample.threshold", 0.0, 1.0)
+    if not 0.0 < threshold < 1.0:
+        raise c.fail("sample.threshold", f"must lie strictly between 0 and 1, got {threshold}")
+    min_cells = c.int_(obj["min_cells"], "sample.min_cells", 1, 100_000)
+    max_cells = c.int_(obj["max_cells"], "sample.max_cells", 1, 100_000)
+    if min_cells > max_cells:
+        raise c.fail("sample.min_cells", f"{min_cells} exceeds sample.max_cells ({max_cells})")
+    max_fields = c.int_(obj["max_fields"], "sample.max_fields", 1, 10_000)
+    sens = c.num(obj["sensitivity"], "sample.sensitivity", 0.0, 1.0)
+    spec = c.num(obj["specificity"], "sample.specificity", 0.0, 1.0)
+    if sens + spec <= 1.0:
+        raise c.fail(
+            "sample.sensitivity",
+            f"sensitivity + specificity must exceed 1 (better than chance), got {sens} + {spec}",
+        )
+    return SampleSpec(
+        SampleRule(threshold, min_cells, max_cells, max_fields),
+        ErrorRates(sens, spec),
+        c.str_(obj["measured_on"], "sample.measured_on"),
+    )
+
+
+def sample_spec(manifest: Manifest, overrides: SampleConfig | None = None) -> SampleSpec:
+    """The rule a rig counts samples by: the bundle's, each value `[sample]` sets overriding.
+
+    A bundle without a `sample` object gets `SampleRule()`'s defaults and no correction
+    (the classifier taken at its word). Raises ConfigError when the overrides and the
+    bundle's values together make no rule (min_cells above max_cells).
+    """
+    base = manifest.sample or SampleSpec(SampleRule(), PERFECT, None)
+    o = overrides or SampleConfig()
+    try:
+        rule = SampleRule(
+            threshold=base.rule.threshold if o.threshold is None else o.threshold,
+            min_cells=base.rule.min_cells if o.min_cells is None else o.min_cells,
+            max_cells=base.rule.max_cells if o.max_cells is None else o.max_cells,
+            max_fields=base.rule.max_fields if o.max_fields is None else o.max_fields,
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"[sample] with the bundle {manifest.name} {manifest.version}'s rule: {exc}"
+        ) from None
+    return SampleSpec(rule, base.rates, base.measured_on)
 
 
 assert set(SETTING_RANGES) == {f.name for f in fields(CellSettings)}
