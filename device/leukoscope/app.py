@@ -24,6 +24,7 @@ from leukoscope.capture.owner import CameraOwner
 from leukoscope.config import Config
 from leukoscope.core.errors import CameraError, GpioError, LeukoscopeError, StoreError
 from leukoscope.model.bundle import load_bundle
+from leukoscope.model.manifest import sample_spec
 from leukoscope.web import create_app
 from leukoscope.web.daemon_source import DaemonSource
 from leukoscope.web.server import WebServer, WebServerError, capture_hold
@@ -83,6 +84,7 @@ def run(cfg: Config) -> int:
         # 3. The model bundle, fully verified.
         try:
             bundle = load_bundle(cfg.paths.bundle, num_threads=cfg.model.threads)
+            sample_spec(bundle.manifest, cfg.sample)  # [sample] and the bundle make a rule
         except LeukoscopeError as exc:
             msg = f"model bundle {cfg.paths.bundle} is unusable: {exc}"
             return _startup_fault(indicator, IndicatorState.FAULT_MODEL, notifier, msg, hold)
@@ -102,7 +104,7 @@ def run(cfg: Config) -> int:
             pin_factory=pin_factory,
         )
         daemon.install_signal_handlers()
-        # 5. Triggers: the control socket and the button.
+        # 5. Triggers: the control socket and the button (short press: a photo; long: a sample).
         try:
             control = ControlServer(cfg.paths.control_socket, daemon)
         except LeukoscopeError as exc:
@@ -114,6 +116,8 @@ def run(cfg: Config) -> int:
                 bounce_ms=cfg.gpio.bounce_ms,
                 pin_factory=pin_factory,
                 on_press=daemon.on_button,
+                on_long_press=daemon.on_long_press,
+                long_press_s=cfg.sample.long_press_s,
             )
         except GpioError as exc:
             return _startup_fault(indicator, IndicatorState.FAULT_CAMERA, notifier, str(exc), hold)

@@ -6,24 +6,50 @@ runs on the main thread and is the only thing that captures, classifies and writ
 trigger while a capture is running is ignored, not queued. The answer is shown before its
 record is written (the fsyncs never delay it); if the write then fails, the indicator turns
 to the storage fault and the capture's reply says the result was not saved.
+
+Samples (one patient's smear, `appliance.samples`): a capture that names a sample id
+adds the photo to that sample as a field, starting the sample if the id is new (the
+page and `leukoscope capture --sample-id` name it); a decided or closed sample, or one
+started with another model, is refused before any photo is taken. The button adds to
+`active_sample` (the last sample started, while it is open); a long press starts a new
+one with a generated id. A field's answer (counted, a repeat, the sample decided) is
+decided in the transaction that writes it, so in a sample the indicator changes after
+the write, not before. Samples are counted with a cells bundle only: with a whole-field
+bundle a sample id is kept on the record as a label, as before samples existed.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import re
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import FrameType
 from typing import Any
 
 import cv2
+import numpy as np
 
+from leukoscope.analysis.analysers import CellAnalyser
+from leukoscope.analysis.decision import Verdict
+from leukoscope.analysis.overlap import fingerprint
 from leukoscope.appliance.indicator import Indicator, IndicatorState
 from leukoscope.appliance.records import NewRecord, Store, free_bytes
+from leukoscope.appliance.samples import (
+    SAMPLE_ID_RE,
+    CellReview,
+    FieldResult,
+    FieldStatus,
+    Sample,
+    SampleError,
+    SampleReader,
+    Samples,
+    SampleState,
+)
+from leukoscope.appliance.samples import check_sample_id as check_sample
 from leukoscope.appliance.sdnotify import Notifier
 from leukoscope.appliance.state import DaemonState
 from leukoscope.capture.base import Still, decode_still
@@ -36,6 +62,7 @@ from leukoscope.core.errors import (
     StoreError,
 )
 from leukoscope.model.bundle import Bundle, load_bundle
+from leukoscope.model.manifest import SampleSpec, sample_spec
 from leukoscope.pipeline import analyse, decode_size
 
 logger = logging.getLogger(__name__)
@@ -44,7 +71,6 @@ logger = logging.getLogger(__name__)
 TICK_S = 0.2
 #: How long a control-socket client waits for its capture to finish.
 CAPTURE_WAIT_S = 120.0
-_SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:/-]{0,63}$")
 #: Fault parts in the order their pattern wins on the indicator.
 _FAULT_PATTERNS = {
     "storage": IndicatorState.FAULT_STORAGE,
@@ -63,6 +89,8 @@ class CaptureTicket:
 
     trigger: str
     sample_id: str | None
+    #: The photo becomes a field of sample `sample_id` (a cells bundle counts it).
+    in_sample: bool = False
     requested: float = field(default_factory=time.perf_counter)
     done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, Any] | None = None
@@ -72,7 +100,7 @@ def check_sample_id(sample_id: str | None) -> str | None:
     """A sample id as typed by a technician: 1-64 printable ASCII characters, or None."""
     if sample_id is None or sample_id == "":
         return None
-    if not isinstance(sample_id, str) or not _SAMPLE_ID_RE.fullmatch(sample_id):
+    if not isinstance(sample_id, str) or not SAMPLE_ID_RE.fullmatch(sample_id):
         raise ValueError("sample id must be 1-64 characters: letters, digits, space and . _ : / -")
     return sample_id
 
@@ -96,6 +124,8 @@ class Daemon:
         self.notifier = notifier
         self.indicator = indicator
         self.store = store
+        #: Samples and their fields, written through the same store.
+        self.samples = Samples(store)
         self.bundle = bundle
         self.camera = camera
         self.pin_factory = pin_factory
@@ -111,6 +141,7 @@ class Daemon:
         self._next_camera_check = 0.0
         self._next_retention = 0.0
         self._next_watchdog = 0.0
+        self._sample_lock = threading.Lock()
         self.state.update(camera=camera.name, model=self._model_info(bundle))
 
     # --- triggers (any thread) -------------------------------------------------------------
@@ -118,11 +149,16 @@ class Daemon:
     def request_capture(self, trigger: str, sample_id: str | None = None) -> CaptureTicket | None:
         """Ask for a capture; None if one is already running (the request is dropped).
 
+        With a sample id (and a cells bundle) the photo becomes the sample's next field;
+        a new id starts the sample. Nothing is started or taken when the request is refused.
+
         Raises:
-            ValueError: a malformed sample id.
+            ValueError: a malformed sample id; SampleError (a ValueError): the sample is
+                decided, closed or was started with another model.
             NotReadyError: the appliance has a fault (camera, storage) or is stopping.
         """
         sample_id = check_sample_id(sample_id)
+        in_sample = sample_id is not None and self.counts_samples
         with self._busy_lock:
             if self._busy:
                 logger.info("capture request from %s ignored: busy", trigger)
@@ -133,22 +169,132 @@ class Daemon:
                     "stopping" if self._stop else "; ".join(f"{k}: {v}" for k, v in faults.items())
                 )
                 raise NotReadyError(f"not ready ({reason})")
+            if in_sample:
+                assert sample_id is not None
+                self._open_for_field(sample_id)
             self._busy = True
-        ticket = CaptureTicket(trigger, sample_id)
+        ticket = CaptureTicket(trigger, sample_id, in_sample)
         self._queue.put(ticket)
         return ticket
 
     def on_button(self) -> None:
-        """The button's callback (gpiozero's thread)."""
+        """A short press (gpiozero's thread): a photo, into the active sample if any."""
         try:
-            self.request_capture("button")
-        except NotReadyError as exc:
+            self.request_capture("button", self.active_sample)
+        except (NotReadyError, ValueError, StoreError) as exc:
             logger.warning("button pressed but %s", exc)
 
-    def press_mock_button(self) -> None:
-        """Drive the mock button pin low then high (tests and the laptop demo only)."""
+    def on_long_press(self) -> None:
+        """A long press (gpiozero's thread): start a new sample with a generated id."""
+        try:
+            sample = self.start_sample(self.new_sample_id())
+        except (ValueError, StoreError) as exc:
+            logger.warning("long press, but no sample started: %s", exc)
+            return
+        self._hold_result(IndicatorState.SAMPLE_STARTED)
+        self._show(IndicatorState.SAMPLE_STARTED)
+        logger.info("sample %s started by a long press", sample.id)
+
+    # --- samples (any thread; the store serialises the writes) --------------------------------
+
+    @property
+    def counts_samples(self) -> bool:
+        """Whether the loaded bundle counts samples (a cells bundle does)."""
+        return isinstance(self.bundle.analyser, CellAnalyser)
+
+    def sample_spec(self) -> SampleSpec:
+        """The rule new samples are counted by: the bundle's, overridden by `[sample]`."""
+        return sample_spec(self.bundle.manifest, self.cfg.sample)
+
+    @property
+    def active_sample(self) -> str | None:
+        """The sample button presses add fields to: the last one started, while open."""
+        latest = SampleReader(self.store.reader).page(1)
+        if latest and latest[0].state is SampleState.OPEN:
+            return latest[0].id
+        return None
+
+    def new_sample_id(self) -> str:
+        """A fresh id for a sample started by the button: S-YYYYMMDD-HHMMSS (local time)."""
+        base = datetime.now().strftime("S-%Y%m%d-%H%M%S")
+        reader = SampleReader(self.store.reader)
+        candidate, n = base, 1
+        while reader.get(candidate) is not None:
+            n += 1
+            candidate = f"{base}-{n}"
+        return candidate
+
+    def start_sample(self, sample_id: str) -> Sample:
+        """Start a new sample under the loaded model's rule; it becomes the active sample.
+
+        Raises:
+            SampleError (a ValueError): a bad or already used id, or a bundle that does
+                not count samples. ConfigError: `[sample]` and the bundle make no rule.
+        """
+        if not self.counts_samples:
+            raise SampleError(
+                f"samples are counted by a cells bundle; {self.bundle.label} is "
+                f"{self.bundle.manifest.analysis_mode}"
+            )
+        spec = self.sample_spec()
+        m = self.bundle.manifest
+        with self._sample_lock:
+            sample = self.samples.start(
+                sample_id, spec.rule, spec.rates, (m.name, m.version, m.model_sha256)
+            )
+        logger.info(
+            "sample %s started: threshold %g%%, %d-%d white cells, at most %d fields%s",
+            sample.id,
+            100 * spec.rule.threshold,
+            spec.rule.min_cells,
+            spec.rule.max_cells,
+            spec.rule.max_fields,
+            "" if spec.corrected else " (not corrected for the classifier's errors)",
+        )
+        return sample
+
+    def close_sample(self, sample_id: str) -> Sample:
+        """Close a sample by hand: it takes no more fields (closing twice is harmless).
+
+        Raises:
+            SampleError (a ValueError): a bad or unknown id.
+        """
+        sample = self.samples.close(sample_id)
+        logger.info("sample %s closed: %s", sample.id, sample.message)
+        return sample
+
+    def review_cell(
+        self, sample_id: str, record_id: int, cell_index: int, label: str, reviewer: str
+    ) -> CellReview:
+        """Store a person's reading ("blast" or "not-blast") of one cell of a counted field.
+
+        Raises:
+            SampleError (a ValueError): no such sample, field or cell, or a bad label.
+        """
+        return self.samples.review(sample_id, record_id, cell_index, label, reviewer)
+
+    def get_sample(self, sample_id: str) -> Sample:
+        """One sample as stored now; SampleError if the id is bad or unknown."""
+        sample = SampleReader(self.store.reader).get(check_sample(sample_id))
+        if sample is None:
+            raise SampleError(f"no sample {sample_id!r}")
+        return sample
+
+    def _open_for_field(self, sample_id: str) -> None:
+        """Make sure `sample_id` can take a field now, starting it if it is new."""
+        with self._sample_lock:
+            exists = self.samples.get(sample_id) is not None
+        if not exists:
+            self.start_sample(sample_id)
+        self.samples.check_open(sample_id, self.bundle.manifest.model_sha256)
+
+    def press_mock_button(self, held_s: float = 0.0) -> None:
+        """Drive the mock button pin low, hold it `held_s`, then high (tests and the laptop
+        demo only; a hold of `[sample] long_press_s` or more is a long press)."""
         pin = self.pin_factory.pin(self.cfg.gpio.button)
         pin.drive_low()
+        if held_s > 0:
+            time.sleep(held_s)
         pin.drive_high()
 
     def control(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +312,12 @@ class Daemon:
             if not ticket.done.wait(CAPTURE_WAIT_S):
                 return {"ok": False, "error": "the capture did not finish in time"}
             return {"ok": True, "result": ticket.result}
+        if cmd in _SAMPLE_COMMANDS:
+            try:
+                sample = _SAMPLE_COMMANDS[cmd](self, request.get("sample_id"))
+            except (ValueError, StoreError) as exc:
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True, "sample": sample.to_json()}
         if cmd == "press-button":
             if self.cfg.gpio.pin_factory != "mock":
                 return {"ok": False, "error": "press-button needs gpio.pin_factory = 'mock'"}
@@ -173,8 +325,11 @@ class Daemon:
             if isinstance(wait, bool) or not isinstance(wait, int | float) or wait != wait:
                 # checked before the press: a refused request must not take a photo
                 return {"ok": False, "error": "wait_s must be a number of seconds"}
+            held = request.get("held_s", 0)
+            if isinstance(held, bool) or not isinstance(held, int | float) or not 0 <= held <= 60:
+                return {"ok": False, "error": "held_s must be 0-60 seconds"}
             seq = self.state.snapshot()["result_seq"]
-            self.press_mock_button()
+            self.press_mock_button(held)
             if wait > 0:
                 self.state.wait_for_result(seq, min(wait, CAPTURE_WAIT_S))
             return {"ok": True, "state": self.state.snapshot()}
@@ -257,6 +412,7 @@ class Daemon:
         path = self.cfg.paths.bundle
         try:
             new = load_bundle(path, num_threads=self.cfg.model.threads)
+            sample_spec(new.manifest, self.cfg.sample)  # [sample] and the new bundle agree
         except LeukoscopeError as exc:
             logger.error(
                 "model reload from %s failed, keeping %s: %s", path, self.bundle.label, exc
@@ -356,6 +512,10 @@ class Daemon:
         self._show(want)
         self.state.update(phase=phase)
 
+    def _hold_result(self, state: IndicatorState) -> None:
+        self._result_state = state
+        self._result_until = time.monotonic() + self.cfg.indicator.result_hold_s
+
     def _show(self, state: IndicatorState) -> None:
         self.indicator.show(state)
         self.state.update(indicator=state.value, leds=self.indicator.levels())
@@ -370,6 +530,7 @@ class Daemon:
         self.state.update(phase="busy")
         still: Still | None = None
         shown = IndicatorState.FAULT_CAMERA
+        field_print: np.ndarray | None = None
         try:
             t0 = time.perf_counter()
             still = self.camera.capture()
@@ -386,6 +547,10 @@ class Daemon:
                 # cells mode decodes stills at full size, the size the scale is calibrated at
                 px_per_um=self.cfg.camera.px_per_um,
             )
+            if ticket.in_sample:
+                t0 = time.perf_counter()
+                field_print = fingerprint(rgb)
+                timings["fingerprint"] = _ms(t0)
         except CameraError as exc:
             rec.error = f"camera: {exc}"
             self._fault("camera", str(exc))
@@ -403,16 +568,27 @@ class Daemon:
             shown = IndicatorState.for_verdict(analysis.verdict)
         m = self.bundle.manifest
         rec.model_name, rec.model_version, rec.model_sha256 = m.name, m.version, m.model_sha256
-        t0 = time.perf_counter()
-        self._result_state = shown
-        self._result_until = time.monotonic() + self.cfg.indicator.result_hold_s
-        with self._busy_lock:
-            self._busy = False  # new presses are welcome once the answer is shown
-        self._show(shown)
-        timings["indicate"] = _ms(t0)
-        timings["trigger_to_indicator"] = round((time.perf_counter() - ticket.requested) * 1000, 2)
+        # A field's answer is known once its transaction is written (see the module doc).
+        as_field = ticket.in_sample and field_print is not None
+        if not as_field:
+            self._answer(ticket, shown, timings)
         rec.timings_ms = timings
-        result = self._save(rec, still)
+        result = self._save(rec, still, ticket.sample_id if as_field else None, field_print)
+        if as_field:
+            sample = result.get("sample")
+            field_status = (result.get("field") or {}).get("status")
+            if sample is not None and field_status == FieldStatus.COUNTED.value:
+                verdict = sample["verdict"]
+                shown = (
+                    IndicatorState.FIELD_ADDED
+                    if verdict is None
+                    else IndicatorState.for_sample(Verdict(verdict))
+                )
+            elif sample is not None:
+                shown = IndicatorState.RETAKE
+            self._answer(ticket, shown, timings)
+            if sample is not None:
+                logger.info("sample %s: %s", sample["id"], result["field"]["message"])
         self.state.add_result(result)
         self.notifier.status(self._status_line())
         logger.info(
@@ -426,13 +602,49 @@ class Daemon:
         ticket.result = result
         ticket.done.set()
 
-    def _save(self, rec: NewRecord, still: Still | None) -> dict[str, Any]:
-        """Write the image and record; a store failure is a storage fault, not a crash."""
+    def _answer(self, ticket: CaptureTicket, shown: IndicatorState, timings: dict) -> None:
+        """Show a capture's answer and welcome the next press."""
+        t0 = time.perf_counter()
+        self._hold_result(shown)
+        with self._busy_lock:
+            self._busy = False  # new presses are welcome once the answer is shown
+        self._show(shown)
+        timings["indicate"] = _ms(t0)
+        timings["trigger_to_indicator"] = round((time.perf_counter() - ticket.requested) * 1000, 2)
+
+    def _save(
+        self,
+        rec: NewRecord,
+        still: Still | None,
+        sample_id: str | None = None,
+        field_print: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """Write the image and record (and, for a sample, its field in the same
+        transaction); a store failure is a storage fault, not a crash."""
         t0 = time.perf_counter()
         data, suffix = _file_bytes(still)
         rec.timings_ms["encode"] = _ms(t0)
+        added: FieldResult | None = None
+        not_counted: str | None = None
         try:
-            record_id = self.store.add(rec, data, suffix)
+            if sample_id is None:
+                record_id = self.store.add(rec, data, suffix)
+            else:
+                try:
+                    added = self.samples.add_field(
+                        sample_id,
+                        rec,
+                        data,
+                        suffix,
+                        fingerprint=field_print,
+                        max_overlap=self.cfg.sample.max_overlap,
+                    )
+                    record_id = added.record_id
+                except SampleError as exc:
+                    # Closed or decided since the request (the page): keep the photo alone.
+                    not_counted = f"not counted: {exc}"
+                    logger.warning("sample %s: %s", sample_id, not_counted)
+                    record_id = self.store.add(rec, data, suffix)
         except StoreError as exc:
             self._fault("storage", str(exc))
             return {
@@ -449,7 +661,21 @@ class Daemon:
         saved = {} if record is None else record.to_json()
         saved["saved"] = True
         saved["store_ms"] = _ms(t0)
+        if added is not None:
+            saved["sample"] = added.sample.to_json()
+            saved["field"] = added.to_json()
+        elif not_counted is not None:
+            saved["sample"] = None
+            saved["field"] = {"status": None, "message": not_counted}
         return saved
+
+
+#: Control requests about samples: {"cmd": ..., "sample_id": ...} -> {"ok", "sample"}.
+_SAMPLE_COMMANDS = {
+    "sample-start": lambda d, sid: d.start_sample(sid),
+    "sample-close": lambda d, sid: d.close_sample(sid),
+    "sample-show": lambda d, sid: d.get_sample(sid),
+}
 
 
 def _ms(t0: float) -> float:

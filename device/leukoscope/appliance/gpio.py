@@ -1,8 +1,9 @@
-"""GPIO: the pin factory the config names, and the capture button."""
+"""GPIO: the pin factory the config names, and the capture button (short and long press)."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -46,12 +47,24 @@ def make_pin_factory(name: str) -> Any:
 
 
 class CaptureButton:
-    """A debounced push button (to ground, internal pull-up) that asks for a capture."""
+    """A debounced push button (to ground, internal pull-up) that asks for a capture.
+
+    With `on_long_press`, holding it `long_press_s` or longer calls that instead (the
+    appliance starts a new sample); a short press is then known only when the button is
+    let go, so `on_press` runs on release. Without it, `on_press` runs on the press.
+    """
 
     def __init__(
-        self, pin: int, *, bounce_ms: int, pin_factory: Any, on_press: Callable[[], None]
+        self,
+        pin: int,
+        *,
+        bounce_ms: int,
+        pin_factory: Any,
+        on_press: Callable[[], None],
+        on_long_press: Callable[[], None] | None = None,
+        long_press_s: float = 2.0,
     ) -> None:
-        """Claim the pin; `on_press` runs on gpiozero's thread for each debounced press.
+        """Claim the pin; the callbacks run on gpiozero's threads, once per debounced press.
 
         Raises:
             GpioError: the pin cannot be claimed.
@@ -62,16 +75,45 @@ class CaptureButton:
                 pin,
                 pull_up=True,
                 bounce_time=bounce_ms / 1000.0 if bounce_ms else None,
+                hold_time=long_press_s,
                 pin_factory=pin_factory,
             )
         except (GPIOZeroError, OSError) as exc:
             raise GpioError(f"cannot claim button pin {pin}: {exc}") from None
         self.pin = pin
-        self._button.when_pressed = lambda: on_press()
+        self._lock = threading.Lock()
+        self._held = False
+        self._on_press = on_press
+        self._on_long_press = on_long_press
+        if on_long_press is None:
+            self._button.when_pressed = lambda: on_press()
+        else:
+            self._button.when_pressed = self._pressed
+            self._button.when_held = self._long
+            self._button.when_released = self._released
+
+    def _pressed(self) -> None:
+        with self._lock:
+            self._held = False
+
+    def _long(self) -> None:
+        with self._lock:
+            self._held = True
+        if self._on_long_press is not None:
+            self._on_long_press()
+
+    def _released(self) -> None:
+        with self._lock:
+            held, self._held = self._held, False
+        if not held:
+            self._on_press()
 
     def close(self) -> None:
         """Release the pin (idempotent)."""
         if self._button is not None:
             self._button.when_pressed = None
+            if self._on_long_press is not None:
+                self._button.when_held = None
+                self._button.when_released = None
             self._button.close()
             self._button = None

@@ -9,10 +9,20 @@
 | leukemia-suspected    | off       | off        | on         | 3 short beeps     |
 | indeterminate         | off       | on         | on         | 2 short beeps     |
 | retake                | off       | slow blink | off        | 2 quick beeps     |
+| sample-started        | slow blink| slow blink | off        | 2 chirps          |
+| field-added           | slow blink| off        | off        | 1 chirp           |
+| sample-no-leukemia-.. | pulse     | off        | off        | 1 long beep (0.6) |
+| sample-leukemia-...   | off       | off        | pulse      | 3 long beeps      |
+| sample-indeterminate  | off       | pulse      | pulse      | 2 long beeps      |
 | fault-camera          | off       | off        | fast blink | 1 long beep       |
 | fault-model           | off       | on         | fast blink | 1 long beep       |
 | fault-storage         | off       | fast blink | fast blink | 1 long beep       |
 | off                   | off       | off        | off        | -                 |
+
+A single photo's verdict is steady; a sample's verdict (the patient's, from all its
+fields) pulses (1.5 s on, 0.5 s off) with long beeps, so the two are never confused.
+Inside a sample a counted field shows `field-added` ("take the next field"); a repeat of
+a counted field, like a refused photo, shows `retake` ("move to another field").
 
 Every change is logged (so `make run` on a laptop shows it), and `current` is readable
 by the status page.
@@ -46,6 +56,11 @@ class IndicatorState(StrEnum):
     LEUKEMIA_SUSPECTED = "leukemia-suspected"
     INDETERMINATE = "indeterminate"
     RETAKE = "retake"
+    SAMPLE_STARTED = "sample-started"
+    FIELD_ADDED = "field-added"
+    SAMPLE_NO_LEUKEMIA_SUSPECTED = "sample-no-leukemia-suspected"
+    SAMPLE_LEUKEMIA_SUSPECTED = "sample-leukemia-suspected"
+    SAMPLE_INDETERMINATE = "sample-indeterminate"
     FAULT_CAMERA = "fault-camera"
     FAULT_MODEL = "fault-model"
     FAULT_STORAGE = "fault-storage"
@@ -55,6 +70,13 @@ class IndicatorState(StrEnum):
         """The state that shows a verdict."""
         return cls(verdict.value)
 
+    @classmethod
+    def for_sample(cls, verdict: Verdict) -> IndicatorState:
+        """The state that shows a decided sample's verdict (never retake)."""
+        if verdict is Verdict.RETAKE:
+            raise ValueError("a sample is never decided as retake")
+        return cls(f"sample-{verdict.value}")
+
 
 #: An LED's behaviour: "off", "on", or (on_s, off_s) blinking.
 LedMode = str | tuple[float, float]
@@ -62,6 +84,10 @@ _FAST = (0.15, 0.15)
 _SLOW = (0.5, 0.5)
 _HEARTBEAT = (0.2, 1.8)
 _LONG_BEEP = (1, 0.8, 0.2)
+#: A decided sample: its verdict's LEDs mostly on, with long beeps.
+_PULSE = (1.5, 0.5)
+_SAMPLE_BEEP = (0.6, 0.3)
+_CHIRP = (0.05, 0.1)
 
 
 @dataclass(frozen=True)
@@ -92,6 +118,13 @@ PATTERNS: dict[IndicatorState, Pattern] = {
     IndicatorState.LEUKEMIA_SUSPECTED: Pattern(red="on", beeps=(3, 0.15, 0.15)),
     IndicatorState.INDETERMINATE: Pattern(amber="on", red="on", beeps=(2, 0.15, 0.15)),
     IndicatorState.RETAKE: Pattern(amber=_SLOW, beeps=(2, 0.08, 0.12)),
+    IndicatorState.SAMPLE_STARTED: Pattern(green=_SLOW, amber=_SLOW, beeps=(2, *_CHIRP)),
+    IndicatorState.FIELD_ADDED: Pattern(green=_SLOW, beeps=(1, *_CHIRP)),
+    IndicatorState.SAMPLE_NO_LEUKEMIA_SUSPECTED: Pattern(green=_PULSE, beeps=(1, *_SAMPLE_BEEP)),
+    IndicatorState.SAMPLE_LEUKEMIA_SUSPECTED: Pattern(red=_PULSE, beeps=(3, *_SAMPLE_BEEP)),
+    IndicatorState.SAMPLE_INDETERMINATE: Pattern(
+        amber=_PULSE, red=_PULSE, beeps=(2, *_SAMPLE_BEEP)
+    ),
     IndicatorState.FAULT_CAMERA: Pattern(red=_FAST, beeps=_LONG_BEEP),
     IndicatorState.FAULT_MODEL: Pattern(amber="on", red=_FAST, beeps=_LONG_BEEP),
     IndicatorState.FAULT_STORAGE: Pattern(amber=_FAST, red=_FAST, beeps=_LONG_BEEP),

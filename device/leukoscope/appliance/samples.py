@@ -71,7 +71,7 @@ class SampleError(StoreError, ValueError):
 
 def check_sample_id(text: Any) -> str:
     """A valid sample id, or SampleError saying what a sample id may be."""
-    if not isinstance(text, str) or not SAMPLE_ID_RE.match(text):
+    if not isinstance(text, str) or not SAMPLE_ID_RE.fullmatch(text):
         shown = repr(text) if not isinstance(text, str) or len(text) <= 80 else "a long text"
         raise SampleError(
             f"bad sample id {shown}: 1-64 letters, digits, spaces or . _ : / -, "
@@ -291,6 +291,34 @@ class FieldResult:
     record_id: int
     field: SampleField
     sample: Sample
+
+    @property
+    def message(self) -> str:
+        """What the technician does next, in words ("62 white cells so far: move to ...")."""
+        f, s = self.field, self.sample
+        so_far = f"{s.differential().n_cells} white cells so far"
+        if f.status is FieldStatus.REPEAT:
+            pos = next((g.position for g in s.fields if g.record_id == f.repeats_record), None)
+            return (
+                f"this field repeats field {pos}: move on, its cells were not counted again "
+                f"({so_far})"
+            )
+        if f.status is FieldStatus.RETAKE:
+            return f"this photo cannot be counted: retake it or move to another field ({so_far})"
+        return s.message
+
+    def to_json(self) -> dict[str, Any]:
+        """The field and what it means, as plain data (a capture's reply carries it)."""
+        repeats = next(
+            (g.position for g in self.sample.fields if g.record_id == self.field.repeats_record),
+            None,
+        )
+        return {
+            **asdict(self.field),
+            "status": self.field.status.value,
+            "repeats_position": repeats,
+            "message": self.message,
+        }
 
 
 class Samples:
