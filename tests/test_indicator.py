@@ -127,3 +127,64 @@ def test_button_is_debounced_and_each_press_asks_once(factory) -> None:
     finally:
         button.close()
         button.close()
+
+
+@pytest.mark.parametrize(
+    "verdict", [Verdict.NO_LEUKEMIA_SUSPECTED, Verdict.LEUKEMIA_SUSPECTED, Verdict.INDETERMINATE]
+)
+def test_a_decided_sample_is_told_apart_from_one_photos_verdict(verdict: Verdict) -> None:
+    photo = PATTERNS[IndicatorState.for_verdict(verdict)]
+    sample = PATTERNS[IndicatorState.for_sample(verdict)]
+    lit = {name for name in ("green", "amber", "red") if getattr(photo, name) == "on"}
+    # The same LEDs, pulsing instead of steady, and the same count of longer beeps.
+    assert {name for name in ("green", "amber", "red") if getattr(sample, name) != "off"} == lit
+    assert all(isinstance(getattr(sample, name), tuple) for name in lit)
+    assert photo.beeps and sample.beeps and sample.beeps[0] == photo.beeps[0]
+    assert sample.beeps[1] > 3 * photo.beeps[1]
+    with pytest.raises(ValueError):
+        IndicatorState.for_sample(Verdict.RETAKE)
+
+
+def test_field_added_differs_from_ready_and_from_a_decided_sample(factory, indicator) -> None:
+    green, buzzer = factory.pin(PINS["green"]), factory.pin(PINS["buzzer"])
+    indicator.show(IndicatorState.READY)
+    green.clear_states()
+    buzzer.clear_states()
+    indicator.show(IndicatorState.FIELD_ADDED)
+    assert wait_until(lambda: rises(green) >= 2), "field-added blinks the green LED"
+    assert rises(buzzer) == 1  # one short chirp: "take the next field"
+    assert not factory.pin(PINS["red"]).state and not factory.pin(PINS["amber"]).state
+
+
+def test_a_long_press_starts_a_sample_and_a_short_one_captures_on_release(factory) -> None:
+    shorts: list[float] = []
+    longs: list[float] = []
+    long_seen = threading.Event()
+
+    def on_long() -> None:
+        longs.append(time.monotonic())
+        long_seen.set()
+
+    button = CaptureButton(
+        17,
+        bounce_ms=0,
+        pin_factory=factory,
+        on_press=lambda: shorts.append(time.monotonic()),
+        on_long_press=on_long,
+        long_press_s=0.3,
+    )
+    try:
+        pin = factory.pin(17)
+        pin.drive_low()  # held past long_press_s: a new sample, no photo
+        assert long_seen.wait(3.0)
+        pin.drive_high()
+        assert len(longs) == 1 and shorts == []
+        pin.drive_low()  # a short press: a photo once it is let go
+        assert shorts == []
+        pin.drive_high()
+        assert wait_until(lambda: len(shorts) == 1)
+        time.sleep(0.4)  # nothing more fires after the short press
+        assert len(longs) == 1 and len(shorts) == 1
+    finally:
+        button.close()
+        button.close()

@@ -1,9 +1,19 @@
 """The local control socket: `leukoscope capture` and `status` talk to the running daemon.
 
 One JSON object per line each way over a Unix stream socket (mode 0660, in the state
-folder). Requests: {"cmd": "capture", "sample_id": "..."}, {"cmd": "status"}, and, only
-with the mock pin factory, {"cmd": "press-button"} (drives the mock button's pin, so a
-test exercises the real gpiozero Button in the real process).
+folder). Requests:
+
+- {"cmd": "capture", "sample_id": "..."} -> {"ok": true, "result": {record..., and for a
+  field of a sample "sample": Sample.to_json(), "field": FieldResult.to_json()}}; a
+  new sample id starts the sample;
+- {"cmd": "sample-start" | "sample-close" | "sample-show", "sample_id": "..."} ->
+  {"ok": true, "sample": Sample.to_json()};
+- {"cmd": "status"} -> {"ok": true, "state": {...}};
+- only with the mock pin factory, {"cmd": "press-button", "wait_s": 30, "held_s": 0}
+  (drives the mock button's pin, held `held_s` seconds, so a test exercises the real
+  gpiozero Button in the real process; a hold of `[sample] long_press_s` starts a sample).
+
+A refusal is {"ok": false, "error": "..."}.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from typing import Any
 from leukoscope.app import EXIT_CONFIG, run
 from leukoscope.appliance.control import request
 from leukoscope.bench.daemon import bench_daemon
-from leukoscope.cli.args import positive_int, positive_seconds
+from leukoscope.cli.args import one_line, positive_int, positive_seconds
+from leukoscope.cli.sample import sample_line
 from leukoscope.config import Config, config_path, load_config
 from leukoscope.core.errors import ConfigError
 
@@ -58,7 +59,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    """Ask the running daemon for a capture and print the result as JSON."""
+    """Ask the running daemon for a capture; print the result as JSON, or for a field of a
+    sample its line and the sample's."""
     cfg = _load(args)
     if args.via_button:
         payload: dict[str, Any] = {"cmd": "press-button", "wait_s": args.timeout}
@@ -67,7 +69,14 @@ def cmd_capture(args: argparse.Namespace) -> int:
     reply = request(cfg.paths.control_socket, payload, timeout=args.timeout + 5)
     if args.via_button and reply.get("ok"):
         reply = {"ok": True, "result": reply["state"]["last_result"]}
-    print(json.dumps(reply, indent=2))
+    result = reply.get("result") or {}
+    if args.json or not reply.get("ok") or not result.get("field"):
+        print(json.dumps(reply, indent=2))
+    else:
+        # A field of a sample: what became of it, then where the sample stands.
+        print(one_line(f"record {result.get('id')}: {result['field']['message']}"))
+        if result.get("sample"):
+            print(sample_line(result["sample"]))
     return 0 if reply.get("ok") else 1
 
 
@@ -97,7 +106,13 @@ def add_subcommands(sub: Any) -> None:
 
     p = sub.add_parser("capture", help="ask the running daemon to take and analyse a photo")
     p.add_argument("--config", type=Path, default=None, help=cfg_help)
-    p.add_argument("--sample-id", default=None, help="sample id to store with the result")
+    p.add_argument(
+        "--sample-id",
+        default=None,
+        help="add the photo to this sample as a field (a new id starts the sample); "
+        "prints the field's and the sample's lines",
+    )
+    p.add_argument("--json", action="store_true", help="print the whole reply as JSON")
     p.add_argument(
         "--via-button",
         action="store_true",

@@ -17,9 +17,9 @@ from leukoscope.bench import cells as bench_cells
 from leukoscope.bench import whole_field as bench_whole_field
 from leukoscope.cli import appliance as appcli
 from leukoscope.cli import model as modelcli
+from leukoscope.cli import sample as samplecli
 from leukoscope.cli import web as webcli
-from leukoscope.cli.args import positive_int, thread_count
-from leukoscope.config import PX_PER_UM_RANGE
+from leukoscope.cli.args import one_line, positive_int, px_per_um_arg, thread_count
 from leukoscope.core.errors import LeukoscopeError
 from leukoscope.core.imageio import iter_image_paths
 from leukoscope.core.synthetic import write_demo_images
@@ -41,23 +41,6 @@ def default_bundle() -> Path:
         if cand.exists():
             return cand
     return DEFAULT_BUNDLE_CANDIDATES[-1]
-
-
-def px_per_um_arg(text: str) -> float:
-    """A microscope's calibrated scale in pixels per micrometre (argparse `type=`)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    lo, hi = PX_PER_UM_RANGE
-    if not lo <= value <= hi:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text} is out of range: {lo}..{hi} pixels per um")
-    return value
-
-
-def _one_line(text: str) -> str:
-    """`text` with control characters escaped: a newline in a file name must not start a line."""
-    return "".join(repr(c)[1:-1] if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -89,7 +72,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"file": str(path), "error": str(exc)}), flush=True)
             else:
-                print(_one_line(f"{path}: error: {exc}"), flush=True)
+                print(one_line(f"{path}: error: {exc}"), flush=True)
             continue
         ms = (time.perf_counter() - t0) * 1000
         if args.json:
@@ -120,7 +103,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
                     f"{c.features.n_blasts} blast{'' if c.features.n_blasts == 1 else 's'}"
                 )
             print(
-                _one_line(
+                one_line(
                     f"{path}: {pred.verdict.value} ({detail}) [{m.name} {m.version}, {ms:.0f} ms]"
                 ),
                 flush=True,
@@ -183,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     appcli.add_subcommands(sub)
     webcli.add_subcommands(sub)
     modelcli.add_subcommands(sub)
+    samplecli.add_subcommands(sub)
 
     p = sub.add_parser("bench", help="time decode, preprocess and inference (prints figures)")
     p.add_argument("--bundle", type=Path, default=None, help="model bundle folder")
