@@ -57,7 +57,7 @@ def _with_fault(fault: str) -> None:
         else:
             raise SystemExit(f"unknown fault {fault!r}")
 
-    model_store.ModelStore.__init__ = init
+    model_store.ModelStore.__init__ = init  # type: ignore[method-assign, unused-ignore]
 
 
 if __name__ == "__main__":
