@@ -23,7 +23,7 @@ from werkzeug.wrappers import Response as WResponse
 
 from leukoscope import __version__
 from leukoscope.config import WebConfig
-from leukoscope.web import api, pages
+from leukoscope.web import api, pages, sample_api, sample_pages
 from leukoscope.web.auth import LoginLimiter, PasswordFile, tokens_equal
 from leukoscope.web.common import (
     WebContext,
@@ -33,6 +33,7 @@ from leukoscope.web.common import (
     logged_in,
     login_required_response,
 )
+from leukoscope.web.params import SampleIdConverter
 from leukoscope.web.source import StatusSource
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,11 @@ def create_app(source: StatusSource, config: WebConfig) -> Flask:
         password=PasswordFile(config.password_file),
         limiter=LoginLimiter(),
     )
+    app.url_map.converters["sample"] = SampleIdConverter
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(sample_api.bp)
+    app.register_blueprint(sample_pages.bp)
     app.before_request(_check_access)
     app.after_request(_security_headers)
     app.register_error_handler(HTTPException, _http_error)

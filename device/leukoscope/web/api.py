@@ -74,9 +74,11 @@ def public(record: dict[str, Any] | None, *, full: bool = True) -> dict[str, Any
 
 
 def status_json() -> dict[str, Any]:
-    """The daemon's state with the last result made public."""
-    snap = dict(ctx().source.status())
+    """The daemon's state with the last result made public and the active sample."""
+    source = ctx().source
+    snap = dict(source.status())
     snap["last_result"] = public(snap.get("last_result"), full=False)
+    snap["active_sample"] = source.active_sample()
     snap["time_unix"] = round(time.time(), 3)
     return snap
 
@@ -190,7 +192,7 @@ def metrics() -> Response:
     return Response(text, mimetype="text/plain; version=0.0.4; charset=utf-8")
 
 
-def _csv_cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
     """A CSV cell a spreadsheet will not run as a formula."""
     if value is None:
         return ""
@@ -215,7 +217,7 @@ def export_csv() -> Response:
         for n, rec in enumerate(source.export(flt), 1):
             counts = cell_counts(rec.cells) or {}
             row = {**rec.to_json(), **{c: counts.get(c) for c in CELL_COLUMNS}}
-            writer.writerow([_csv_cell(row.get(c)) for c in CSV_COLUMNS])
+            writer.writerow([csv_cell(row.get(c)) for c in CSV_COLUMNS])
             if n % EXPORT_PAGE == 0:
                 yield buf.getvalue()
                 buf.seek(0)

@@ -2,10 +2,12 @@
 
 Records are read through the source's own `RecordReader` (a read-only SQLite connection
 per web thread; WAL lets them read while the daemon writes), so a busy page never waits
-on the daemon's store lock. Captures go through `Daemon.request_capture("web", ...)`, the same
-path as the button. The live view's frames come from one refresher thread that asks the
-camera owner for a frame every `PREVIEW_INTERVAL_S` while someone watches, however many
-browsers do, and never while a capture runs.
+on the daemon's store lock. Samples are read the same way (`SampleReader` over that
+reader); starting, closing and reviewing go through the daemon, their one writer. Captures
+go through `Daemon.request_capture("web", ...)`, the same path as the button. The live
+view's frames come from one refresher thread that asks the camera owner for a frame every
+`PREVIEW_INTERVAL_S` while someone watches, however many browsers do, and never while a
+capture runs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +26,11 @@ import cv2
 
 from leukoscope.appliance.daemon import Daemon, NotReadyError
 from leukoscope.appliance.records import Record, RecordFilter, RecordPage, RecordReader
-from leukoscope.core.errors import BundleError, CameraError
+from leukoscope.appliance.samples import CellReview, Sample, SampleCell, SampleError, SampleReader
+from leukoscope.core.errors import BundleError, CameraError, ConfigError, StoreError
 from leukoscope.model.manifest import MANIFEST, read_manifest
 from leukoscope.web import system
-from leukoscope.web.source import CaptureRefusedError, Preview
+from leukoscope.web.source import CaptureRefusedError, Preview, SamplePage, SampleRefusedError
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,21 @@ STAGE_WINDOW = 100
 MAX_CARD_BYTES = 64 * 1024
 
 
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """The daemon's refusals of a sample action as SampleRefusedError with an HTTP status.
+
+    The web checks the id, the sample, the cell and the label first, so what the daemon
+    still refuses is a conflict with its state (an id in use, a whole-field bundle).
+    """
+    try:
+        yield
+    except SampleError as exc:
+        raise SampleRefusedError(str(exc), 409) from None
+    except (ConfigError, StoreError) as exc:
+        raise SampleRefusedError(f"the appliance cannot do that now: {exc}", 503) from None
+
+
 class DaemonSource:
     """Adapts a running `Daemon` to the StatusSource protocol (thread-safe)."""
 
@@ -51,6 +70,7 @@ class DaemonSource:
         self.images_dir = Path(daemon.store.images_dir).resolve()
         #: The web threads' own reader, closed with the source.
         self.records = RecordReader(daemon.store.database, daemon.store.images_dir)
+        self.samples = SampleReader(self.records)
         self._preview: Preview | None = None
         self._preview_error: str | None = None
         self._preview_wanted = 0.0
@@ -86,6 +106,50 @@ class DaemonSource:
         """See StatusSource; never a path outside the images folder."""
         return self.records.image_file(record)
 
+    # --- samples -------------------------------------------------------------------------------
+
+    def list_samples(self, limit: int, before: float | None) -> SamplePage:
+        """See StatusSource; the cursor is the last sample's start time (ms, as stored)."""
+        rows = self.samples.page(limit + 1, before)
+        items = rows[:limit]
+        more = len(rows) > limit and bool(items)
+        return SamplePage(
+            items, datetime.fromisoformat(items[-1].started_at).timestamp() if more else None
+        )
+
+    def get_sample(self, sample_id: str) -> Sample | None:
+        """See StatusSource."""
+        return self.samples.get(sample_id)
+
+    def sample_cells(self, sample: Sample) -> list[SampleCell]:
+        """See StatusSource."""
+        return self.samples.cells(sample)
+
+    def reviewed_cells(self) -> Iterator[tuple[Sample, SampleCell, Path | None]]:
+        """See StatusSource."""
+        return self.samples.reviewed()
+
+    def active_sample(self) -> str | None:
+        """See StatusSource: the daemon's active sample."""
+        return self.daemon.active_sample
+
+    def start_sample(self, sample_id: str) -> Sample:
+        """See StatusSource: the daemon starts it under the loaded bundle's rule."""
+        with _refusals():
+            return self.daemon.start_sample(sample_id)
+
+    def close_sample(self, sample_id: str) -> Sample:
+        """See StatusSource."""
+        with _refusals():
+            return self.daemon.close_sample(sample_id)
+
+    def review_cell(
+        self, sample_id: str, record_id: int, cell_index: int, label: str, reviewer: str
+    ) -> CellReview:
+        """See StatusSource."""
+        with _refusals():
+            return self.daemon.review_cell(sample_id, record_id, cell_index, label, reviewer)
+
     # --- state and actions -------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -99,8 +163,12 @@ class DaemonSource:
             ticket = self.daemon.request_capture("web", sample_id)
         except NotReadyError as exc:
             raise CaptureRefusedError(str(exc), 503) from None
+        except SampleError as exc:  # decided, closed, or another model's sample
+            raise CaptureRefusedError(str(exc), 409) from None
         except ValueError as exc:
             raise CaptureRefusedError(str(exc), 400) from None
+        except StoreError as exc:
+            raise CaptureRefusedError(f"cannot store the sample: {exc}", 503) from None
         if ticket is None:
             raise CaptureRefusedError("busy: a capture is already running", 409)
         return {"result_seq": seq}

@@ -2,8 +2,10 @@
 records with real JPEG photos, a busy appliance refuses a second capture, faults block.
 
 With `cells_mode`, records carry a per-cell result (CellReport JSON) whose boxes sit on the
-white cells drawn in their photo, as a `cells` bundle's would. `python -m
-leukoscope.web.fake` serves the status page over such records, to look at it in development.
+white cells drawn in their photo, as a `cells` bundle's would. Samples live in memory
+(`leukoscope.web.fake_samples`); in cells mode a capture naming a sample is its field.
+`python -m leukoscope.web.fake` serves the pages over such records and samples, to look
+at them in development.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,12 +30,14 @@ from PIL import Image
 
 from leukoscope import __version__
 from leukoscope.appliance.records import Record, RecordFilter, RecordPage
+from leukoscope.appliance.samples import CellReview, Sample, SampleCell
 from leukoscope.config import WebConfig
 from leukoscope.core.synthetic import SyntheticSmear, make_smear
 from leukoscope.web import create_app
 from leukoscope.web.auth import write_password_file
+from leukoscope.web.fake_samples import FakeSamples
 from leukoscope.web.server import WebServer
-from leukoscope.web.source import CaptureRefusedError, Preview
+from leukoscope.web.source import CaptureRefusedError, Preview, SamplePage
 
 MODEL = {"name": "fake-model", "version": "1.2.3", "sha256": "ab" * 32}
 #: The outcomes fake captures cycle through.
@@ -46,30 +50,55 @@ CROP_UM = 24.0
 
 
 @functools.lru_cache(maxsize=8)
-def _smear(seed: int, size: tuple[int, int] = PHOTO_SIZE) -> SyntheticSmear:
+def _smear(
+    seed: int, size: tuple[int, int] = PHOTO_SIZE, wbc: int = 2, blasts: int | None = None
+) -> SyntheticSmear:
     return make_smear(
-        size[0], size[1], n_wbc=2, n_blasts=seed % 2 * 2, px_per_um=PHOTO_PX_PER_UM, seed=seed
-    )
+        size[0], size[1], n_wbc=wbc, n_blasts=seed % 2 * 2 if blasts is None else blasts,
+        px_per_um=PHOTO_PX_PER_UM, seed=seed,
+    )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=8)
-def _jpeg(seed: int, size: tuple[int, int] = PHOTO_SIZE) -> bytes:
+def _jpeg(
+    seed: int, size: tuple[int, int] = PHOTO_SIZE, wbc: int = 2, blasts: int | None = None
+) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(_smear(seed, size).image).save(buf, "JPEG", quality=85)
+    Image.fromarray(_smear(seed, size, wbc, blasts).image).save(buf, "JPEG", quality=85)
     return buf.getvalue()
 
 
-def fake_cells(seed: int, size: tuple[int, int] = PHOTO_SIZE) -> dict[str, Any]:
+@dataclass(frozen=True)
+class FakePhoto:
+    """A fake photo: `wbc` white cells and `blasts` blasts (None: two on odd seeds)."""
+
+    seed: int
+    size: tuple[int, int] = PHOTO_SIZE
+    wbc: int = 2
+    blasts: int | None = None
+
+    def jpeg(self) -> bytes:
+        """The photo as JPEG."""
+        return _jpeg(self.seed, self.size, self.wbc, self.blasts)
+
+    def cells(self) -> dict[str, Any]:
+        """Its per-cell result (`fake_cells`)."""
+        return fake_cells(self.seed, self.size, self.wbc, self.blasts)
+
+
+def fake_cells(
+    seed: int, size: tuple[int, int] = PHOTO_SIZE, wbc: int = 2, blasts: int | None = None
+) -> dict[str, Any]:
     """A CellReport-shaped result for the fake photo `seed`: a box on each white cell drawn.
 
     Drawn blasts get a high blast probability and other white cells a low one, so the
     overlay shows both classes.
     """
-    smear = _smear(seed, size)
+    smear = _smear(seed, size, wbc, blasts)
     half = CROP_UM * smear.px_per_um / 2
     cells: list[dict[str, Any]] = []
     for i, c in enumerate(c for c in smear.cells if c.kind in ("wbc", "blast")):
-        p = (0.82 + 0.03 * i) if c.kind == "blast" else (0.04 + 0.05 * i)
+        p = (0.82 + 0.03 * i % 0.17) if c.kind == "blast" else (0.04 + 0.05 * i % 0.4)
         box = [
             max(0, round(c.x - half)),
             max(0, round(c.y - half)),
@@ -142,6 +171,9 @@ class FakeSource:
         self.captures_requested: list[str | None] = []
         self._preview = _jpeg(999, (160, 120))
         self.started = time.time()
+        self.samples = FakeSamples(
+            self.get_result, (MODEL["name"], MODEL["version"], MODEL["sha256"])
+        )
 
     # --- test helpers ----------------------------------------------------------------------
 
@@ -157,6 +189,7 @@ class FakeSource:
         cells: dict[str, Any] | bool | None = None,
         retake_reasons: list[str] | None = None,
         error: str | None = None,
+        photo: FakePhoto | None = None,
     ) -> Record:
         """Store one record (as the daemon would) and return it.
 
@@ -165,15 +198,17 @@ class FakeSource:
                 whole-field record.
             retake_reasons: for a retake (default ["out-of-focus"]).
             error: its error (default: a camera time-out for a fault, else None).
+            photo: its photo (default: the small fake photo `id % 4`); `cells=True` then
+                gives that photo's cells.
         """
         with self._lock:
             rid = self._next_id
             self._next_id += 1
         created = created or datetime.now(UTC)
         rel = f"{created:%Y/%m/%d}/{rid:06d}.jpg"
-        data = _jpeg(rid % 4)
+        data = _jpeg(rid % 4) if photo is None else photo.jpeg()
         if cells is True:
-            cells = fake_cells(rid % 4)
+            cells = fake_cells(rid % 4) if photo is None else photo.cells()
         if image and not image_deleted:
             path = self.images_dir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,12 +308,21 @@ class FakeSource:
         return self.images_dir / record.image_path
 
     def request_capture(self, sample_id: str | None) -> dict[str, Any]:
-        """See StatusSource: refuses while busy (409) or faulty (503)."""
+        """See StatusSource: refuses while busy (409) or faulty (503); in cells mode a
+        sample id makes the photo that sample's field (a new id starts it; a decided or
+        closed sample is refused with 409), as on the daemon."""
         with self._lock:
             if self.faults:
                 raise CaptureRefusedError("not ready: " + "; ".join(self.faults.values()), 503)
             if self.phase == "busy":
                 raise CaptureRefusedError("busy: a capture is already running", 409)
+            in_sample = self.cells_mode and sample_id is not None
+            if in_sample and self.samples.get(sample_id or "") is None:
+                self.samples.start(sample_id or "")  # a new id starts it, as on the daemon
+            if in_sample and not self.samples.takes_fields(sample_id):
+                raise CaptureRefusedError(
+                    f"sample {sample_id!r} takes no more fields: start a new sample", 409
+                )
             self.phase = "busy"
             seq = self.result_seq
             self.captures_requested.append(sample_id)
@@ -291,18 +335,80 @@ class FakeSource:
             if self.cells_mode:
                 cells = no_cells() if outcome == "retake" else True
                 reasons = ["no-white-cells"]
-            self.add_record(
+            rec = self.add_record(
                 outcome,
                 sample_id=sample_id,
                 p=0.8 if "leukemia-s" in outcome else 0.1,
                 cells=cells,
                 retake_reasons=reasons,
             )
+            if in_sample and self.samples.takes_fields(sample_id):
+                self.samples.add_field(sample_id or "", rec)
             with self._lock:
                 self.phase = "ready"
 
         threading.Thread(target=work, name="fake-capture", daemon=True).start()
         return {"result_seq": seq}
+
+    def add_field(
+        self,
+        sample_id: str,
+        photo: FakePhoto,
+        *,
+        outcome: str | None = None,
+        repeats: int | None = None,
+    ) -> Record:
+        """A capture of `photo` for a started sample, counted as the daemon would (test
+        helper); `repeats`: the counted record it shows again."""
+        cells = photo.cells()
+        if outcome is None:
+            outcome = "leukemia-suspected" if cells["n_blasts"] else "no-leukemia-suspected"
+        rec = self.add_record(
+            outcome,
+            sample_id=sample_id,
+            p=float(cells["score"]),
+            cells=no_cells(photo.size) if outcome == "retake" else cells,
+            retake_reasons=["no-white-cells"] if outcome == "retake" else None,
+            photo=photo,
+        )
+        self.samples.add_field(sample_id, rec, repeats=repeats)
+        return rec
+
+    # --- samples (StatusSource) -----------------------------------------------------------
+
+    def list_samples(self, limit: int, before: float | None) -> SamplePage:
+        """See StatusSource."""
+        return self.samples.page(limit, before)
+
+    def get_sample(self, sample_id: str) -> Sample | None:
+        """See StatusSource."""
+        return self.samples.get(sample_id)
+
+    def sample_cells(self, sample: Sample) -> list[SampleCell]:
+        """See StatusSource."""
+        return self.samples.cells(sample)
+
+    def reviewed_cells(self) -> Iterator[tuple[Sample, SampleCell, Path | None]]:
+        """See StatusSource."""
+        return self.samples.reviewed(self.image_file)
+
+    def active_sample(self) -> str | None:
+        """See StatusSource."""
+        return self.samples.active
+
+    def start_sample(self, sample_id: str) -> Sample:
+        """See StatusSource."""
+        return self.samples.start(sample_id)
+
+    def close_sample(self, sample_id: str) -> Sample:
+        """See StatusSource."""
+        return self.samples.close(sample_id)
+
+    def review_cell(
+        self, sample_id: str, record_id: int, cell_index: int, label: str, reviewer: str
+    ) -> CellReview:
+        """See StatusSource."""
+        return self.samples.review(sample_id, record_id, cell_index, label, reviewer)
 
     def preview(self) -> Preview:
         """See StatusSource."""
@@ -398,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="leukoscope-fake-") as tmp:
         source = FakeSource(Path(tmp) / "images", cells_mode=True)
         seed_records(source)
+        seed_samples(source)
         write_password_file(Path(tmp) / "pw", args.password)
         app = create_app(source, WebConfig(password_file=Path(tmp) / "pw"))
         with WebServer(app, "127.0.0.1", args.port) as server:
@@ -418,6 +525,44 @@ def seed_records(source: FakeSource) -> None:
     source.add_record("retake", cells=no_cells(), retake_reasons=["no-white-cells"])
     source.add_record("retake", retake_reasons=["no-scale"])
     source.add_record("leukemia-suspected", p=0.9, cells=fake_cells(1), image_deleted=True)
+
+
+#: The photos of the made-up samples: a dozen white cells each, as at 40x on a good smear.
+SAMPLE_PHOTO = (480, 360)
+
+
+def seed_samples(source: FakeSource) -> None:
+    """Four made-up samples: closed by hand, decided negative (with a retake and a repeat),
+    decided positive (with reviews), and one still counting (the active sample)."""
+    now = time.time()
+    source.samples.start("P-2026-0040", now=now - 4 * 86400)
+    for i in range(2):
+        source.add_field("P-2026-0040", FakePhoto(200 + i, SAMPLE_PHOTO, wbc=12, blasts=0))
+    source.samples.close("P-2026-0040", now=now - 4 * 86400 + 600)
+
+    source.samples.start("P-2026-0041", now=now - 2 * 86400)
+    first = source.add_field("P-2026-0041", FakePhoto(300, SAMPLE_PHOTO, wbc=12, blasts=1))
+    source.add_field("P-2026-0041", FakePhoto(301, SAMPLE_PHOTO, wbc=0, blasts=0), outcome="retake")
+    source.add_field(
+        "P-2026-0041", FakePhoto(300, SAMPLE_PHOTO, wbc=12, blasts=1), repeats=first.id
+    )
+    i = 0
+    while source.samples.takes_fields("P-2026-0041"):  # until the rule decides
+        source.add_field("P-2026-0041", FakePhoto(310 + i, SAMPLE_PHOTO, wbc=12, blasts=0))
+        i += 1
+
+    source.samples.start("P-2026-0042", now=now - 3600)
+    fields: list[Record] = []
+    while source.samples.takes_fields("P-2026-0042"):
+        photo = FakePhoto(400 + len(fields), SAMPLE_PHOTO, wbc=9, blasts=3)
+        fields.append(source.add_field("P-2026-0042", photo))
+    source.samples.review("P-2026-0042", fields[0].id, 0, "blast", "Dr. A. Okafor")
+    source.samples.review("P-2026-0042", fields[0].id, 1, "not-blast", "Dr. A. Okafor")
+    source.samples.review("P-2026-0042", fields[1].id, 5, "blast", "Dr. A. Okafor")
+
+    source.samples.start("P-2026-0043", now=now - 300)
+    for i in range(3):
+        source.add_field("P-2026-0043", FakePhoto(500 + i, SAMPLE_PHOTO, wbc=11, blasts=1))
 
 
 if __name__ == "__main__":

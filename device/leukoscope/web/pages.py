@@ -92,7 +92,7 @@ def health() -> tuple[str, int]:
     return _page("health.html", active="health", h=ctx().source.health())
 
 
-def _safe_next(raw: str | None) -> str:
+def safe_next(raw: str | None) -> str:
     """Where to go after logging in: only a path on this site."""
     if not raw:
         return url_for("pages.status")
@@ -108,7 +108,7 @@ def _safe_next(raw: str | None) -> str:
 def login() -> ResponseReturnValue:
     """The password form; failures are rate-limited per client."""
     c = ctx()
-    nxt = _safe_next(request.values.get("next"))
+    nxt = safe_next(request.values.get("next"))
     try:
         password_set = c.password.is_set()
     except PasswordFileError:

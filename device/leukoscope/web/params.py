@@ -7,8 +7,10 @@ from collections.abc import Iterable
 from datetime import date
 
 from werkzeug.exceptions import BadRequest
+from werkzeug.routing import PathConverter
 
 from leukoscope.appliance.records import OUTCOMES, RecordFilter
+from leukoscope.appliance.samples import SampleError, check_sample_id
 
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 20
@@ -92,3 +94,44 @@ def sample_id(raw: object) -> str | None:
             "(starting with a letter or digit)"
         )
     return raw
+
+
+def sample_key(raw: object) -> str:
+    """A sample id that names a sample (in a path or a start request): required and valid."""
+    try:
+        return check_sample_id(raw)
+    except SampleError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+#: A cell's index in its record's list (a `cells` bundle classifies at most 4,096 cells).
+MAX_CELL_INDEX = 1_000_000
+_DECIMAL_RE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,6})?")
+
+
+def cell_index(raw: str | int) -> int:
+    """A cell's index within its record: a non-negative integer."""
+    text = str(raw)
+    if not _DIGITS_RE.fullmatch(text) or int(text) > MAX_CELL_INDEX:
+        raise BadRequest("a cell index is a non-negative integer")
+    return int(text)
+
+
+def sample_cursor(raw: str | None) -> float | None:
+    """The `cursor` of the sample listing: the `next_cursor` a previous page gave."""
+    if raw is None or raw == "":
+        return None
+    if not _DECIMAL_RE.fullmatch(raw):
+        raise BadRequest("cursor must be the next_cursor of a previous page")
+    return float(raw)
+
+
+#: The query parameters of the sample listing.
+SAMPLE_LISTING_KEYS = frozenset({"limit", "cursor"})
+
+
+class SampleIdConverter(PathConverter):
+    """A sample id in a URL path: like `path` (ids may hold "/"), but any character, line
+    breaks included, so that a bad id reaches `sample_key` and gets its 400, not a 404."""
+
+    regex = "(?s:[^/].*?)"

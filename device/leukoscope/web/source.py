@@ -5,7 +5,9 @@ a `StatusSource`. `leukoscope.web.daemon_source` adapts the running daemon to it
 `leukoscope.web.fake` is a fake that behaves like one (tests, the page's own demo).
 
 Records are `leukoscope.appliance.records.Record`s, read by the one `RecordReader`;
-the JSON API hands out their `to_json()` form.
+the JSON API hands out their `to_json()` form. Samples are
+`leukoscope.appliance.samples.Sample`s, read by the one `SampleReader`, started, closed
+and reviewed through the daemon (its one writer).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from leukoscope.appliance.records import Record, RecordFilter, RecordPage
+from leukoscope.appliance.samples import CellReview, Sample, SampleCell
 from leukoscope.core.errors import LeukoscopeError
 
 
@@ -25,6 +28,24 @@ class CaptureRefusedError(LeukoscopeError, RuntimeError):
     def __init__(self, message: str, status: int = 409) -> None:
         super().__init__(message)
         self.status = status
+
+
+class SampleRefusedError(LeukoscopeError, RuntimeError):
+    """The appliance will not start, close or review this sample now (an id in use, a
+    closed sample, no model loaded); `status` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class SamplePage:
+    """One page of samples, newest first; `next_before` is the cursor of the next page
+    (the start time, unix seconds, of the last sample here), None on the last page."""
+
+    items: list[Sample]
+    next_before: float | None
 
 
 @dataclass(frozen=True)
@@ -75,3 +96,44 @@ class StatusSource(Protocol):
 
     def metrics(self) -> dict[str, Any]:
         """Figures for /metrics: counts by outcome, recent stage timings, faults, disk."""
+
+    # --- samples -------------------------------------------------------------------------------
+
+    def list_samples(self, limit: int, before: float | None) -> SamplePage:
+        """Up to `limit` samples started before `before` (unix seconds; None: from the
+        newest), newest first."""
+
+    def get_sample(self, sample_id: str) -> Sample | None:
+        """One sample with its fields and reviews, or None."""
+
+    def sample_cells(self, sample: Sample) -> list[SampleCell]:
+        """The white cells of a sample's counted fields, blasts first, most probable first."""
+
+    def reviewed_cells(self) -> Iterable[tuple[Sample, SampleCell, Path | None]]:
+        """Every reviewed cell with its sample and its photo (None once deleted)."""
+
+    def active_sample(self) -> str | None:
+        """The sample that captures now go to, or None."""
+
+    def start_sample(self, sample_id: str) -> Sample:
+        """Start a sample (it becomes the active one).
+
+        Raises:
+            SampleRefusedError: the id is in use, or the appliance cannot start one now.
+        """
+
+    def close_sample(self, sample_id: str) -> Sample:
+        """Close a sample by hand (closing a closed one changes nothing).
+
+        Raises:
+            SampleRefusedError: no such sample, or the appliance cannot close it now.
+        """
+
+    def review_cell(
+        self, sample_id: str, record_id: int, cell_index: int, label: str, reviewer: str
+    ) -> CellReview:
+        """Store a person's reading of one cell (a second review of a cell replaces the first).
+
+        Raises:
+            SampleRefusedError: no such sample or cell, a bad label or reviewer.
+        """

@@ -1,6 +1,21 @@
 // Leukoscope status page: polls /api/status, starts captures, refreshes the live view.
 // No inline scripts (the CSP forbids them); no outside assets.
 "use strict";
+// Every page: stored UTC times shown in this browser's local time (the UTC text stays
+// without JavaScript), and the report's print button.
+(function () {
+  const fmt = { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit" };
+  for (const el of document.querySelectorAll("time.local[datetime]")) {
+    const when = new Date(el.getAttribute("datetime"));
+    if (!isNaN(when)) {
+      el.title = el.textContent;
+      el.textContent = when.toLocaleString(undefined, fmt);
+    }
+  }
+  const print = document.getElementById("print-button");
+  if (print) print.addEventListener("click", () => window.print());
+})();
+
 (function () {
   if (document.body.dataset.page !== "status") return;
   const $ = (id) => document.getElementById(id);
