@@ -8,6 +8,7 @@ chromium (tools/install-test-deps.sh) and Playwright for Python; skips loudly wi
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -242,6 +243,84 @@ def test_the_status_page_follows_cell_results_and_says_why_to_retake(browser, ce
         expect(page.locator("#last-reasons")).to_have_text(
             "Retake: no white cells in this field: move to another field"
         )
+    finally:
+        context.close()
+    assert not problems, problems
+
+
+#: The report's screenshots (the brief of issue 15: under build/).
+REPORT_SHOTS = REPO / "build" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def samples_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The pages over the fake appliance's made-up samples; yields the base URL."""
+    from leukoscope.config import WebConfig
+    from leukoscope.web import create_app
+    from leukoscope.web.auth import write_password_file
+    from leukoscope.web.fake import FakeSource, seed_samples
+    from leukoscope.web.server import WebServer
+
+    work = tmp_path_factory.mktemp("browser-samples")
+    source = FakeSource(work / "images", cells_mode=True)
+    seed_samples(source)
+    write_password_file(work / "pw", PASSWORD)
+    app = create_app(source, WebConfig(password_file=work / "pw"))
+    with WebServer(app, "127.0.0.1", 0, threads=4) as server:
+        server.start()
+        yield server.url.rstrip("/")
+
+
+@pytest.mark.parametrize("viewport", [(390, 844), (1280, 800)])
+def test_the_sample_report_fits_a_phone_and_a_desktop(browser, samples_page, viewport):
+    width, height = viewport
+    phone = width < 500
+    context = browser.new_context(
+        viewport={"width": width, "height": height},
+        device_scale_factor=2 if phone else 1,
+        is_mobile=phone,
+        has_touch=phone,
+    )
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        page.goto(samples_page + "/samples/P-2026-0042/report")
+        assert page.inner_text("#report-sample-id") == "P-2026-0042"
+        assert "Leukemia suspected" in page.inner_text("#report-verdict")
+        assert page.locator("#disclaimer").is_visible()
+        thumbs = page.locator("#report-thumbs img")
+        assert thumbs.count() >= 4
+        poll(lambda: page.evaluate(
+            "[...document.querySelectorAll('#report-thumbs img')].every(i => i.naturalWidth > 0)"
+        ))  # fmt: skip
+        bar = page.locator("#report-bar").bounding_box()
+        assert bar and 200 < bar["width"] <= width
+        # the times are shown in this browser's local time, year first, with the offset
+        started = page.locator("#report-fields time").first
+        assert started.get_attribute("class") == "local shown-local"
+        assert re.fullmatch(
+            r"\d{4}-\d\d-\d\d \d\d:\d\d \(UTC([+\u2212]\d\d:\d\d)?\)", started.inner_text()
+        )
+        overflow = page.evaluate("document.documentElement.scrollWidth")
+        assert overflow <= width, f"the report scrolls sideways at {width} px ({overflow} px)"
+        REPORT_SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(REPORT_SHOTS / f"report-{width}.png"), full_page=True)
+        page.emulate_media(media="print")
+        assert not page.locator("header.top").is_visible()  # the print stylesheet applies
+        assert page.locator("#disclaimer").is_visible()
+        if not phone:  # printed, it is one A4 page
+            page.screenshot(path=str(REPORT_SHOTS / "report-print.png"), full_page=True)
+            pdf = page.pdf(format="A4", print_background=True)
+            pages = len(re.findall(rb"/Type\s*/Page(?!s)", pdf))
+            assert pages == 1, f"the report prints on {pages} pages"
+        for path in ("/", "/samples", "/samples/P-2026-0042"):
+            page.emulate_media(media="screen")
+            page.goto(samples_page + path)
+            assert page.evaluate("document.documentElement.scrollWidth") <= width, path
+            if path.startswith("/samples/"):
+                page.screenshot(path=str(REPORT_SHOTS / f"sample-{width}.png"), full_page=True)
     finally:
         context.close()
     assert not problems, problems

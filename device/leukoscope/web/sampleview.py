@@ -17,9 +17,9 @@ from leukoscope.appliance.samples import FieldStatus, ReviewLabel, Sample, Sampl
 MIN_TOP_PERCENT = 30.0
 #: The SVG's user units: drawn 100% wide, so about 1 unit per CSS pixel on a phone.
 WIDTH = 360.0
-HEIGHT = 64.0
-PAD = 14.0
-BAR_Y = 22.0
+HEIGHT = 70.0
+PAD = 16.0
+BAR_Y = 24.0
 BAR_H = 16.0
 
 
@@ -81,7 +81,7 @@ def bar(
     step = 5.0 if top <= 30 else (10.0 if top <= 60 else 20.0)
     ticks = [Tick(x(v), f"{v:g}%") for v in _steps(top, step)]
     tx = x(threshold)
-    anchor = "start" if tx < left + 40 else ("end" if tx > right - 40 else "middle")
+    anchor = "start" if tx < left + 45 else ("end" if tx > right - 45 else "middle")
     text = (
         f"blasts {_fmt(estimate)}% (95% interval {_fmt(interval[0])}–{_fmt(interval[1])}%), "
         f"threshold {threshold:g}%"

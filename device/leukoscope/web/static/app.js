@@ -4,12 +4,20 @@
 // Every page: stored UTC times shown in this browser's local time (the UTC text stays
 // without JavaScript), and the report's print button.
 (function () {
-  const fmt = { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit" };
+  const two = (n) => String(n).padStart(2, "0");
+  // Year first and the offset said: "03/12" means two different days in two countries.
+  function local(when) {
+    const off = -when.getTimezoneOffset();
+    const zone = "UTC" + (off < 0 ? "\u2212" : "+") + two(Math.floor(Math.abs(off) / 60)) + ":" + two(Math.abs(off) % 60);
+    return when.getFullYear() + "-" + two(when.getMonth() + 1) + "-" + two(when.getDate()) + " " +
+      two(when.getHours()) + ":" + two(when.getMinutes()) + " (" + (off === 0 ? "UTC" : zone) + ")";
+  }
   for (const el of document.querySelectorAll("time.local[datetime]")) {
     const when = new Date(el.getAttribute("datetime"));
     if (!isNaN(when)) {
       el.title = el.textContent;
-      el.textContent = when.toLocaleString(undefined, fmt);
+      el.textContent = local(when);
+      el.classList.add("shown-local");
     }
   }
   const print = document.getElementById("print-button");
