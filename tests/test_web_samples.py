@@ -499,6 +499,8 @@ def test_samples_over_the_real_daemon(tmp_path: Path):
             resp = post(client, "/api/samples", csrf, {"sample_id": "D-1"})
             assert resp.status_code == 201, resp.get_json()
             assert client.get("/api/samples").get_json()["active_sample"] == "D-1"
+            status = client.get("/").get_data(as_text=True)
+            assert 'href="/samples/D-1">D-1</a>' in status and 'value="D-1"' in status
             for _ in fields:
                 capture(daemon, "D-1")
             body = client.get("/api/samples/D-1").get_json()

@@ -180,12 +180,16 @@ def sample_urls(sample: Sample) -> dict[str, str]:
     }
 
 
-def sample_summary(sample: Sample) -> dict[str, Any]:
-    """A sample as listings show it: counts, interval, verdicts; no fields or reviews."""
+def sample_summary(sample: Sample, active: str | None) -> dict[str, Any]:
+    """A sample as listings show it: counts, interval, verdicts; no fields or reviews.
+
+    Args:
+        active: the active sample's id (asked once per listing, not once per sample).
+    """
     out = sample.to_json()
     out.pop("fields")
     out.pop("reviews")
-    out["active"] = sample.id == ctx().source.active_sample()
+    out["active"] = sample.id == active
     out.update(sample_urls(sample))
     return out
 
@@ -247,11 +251,12 @@ def samples() -> Response:
     before = params.sample_cursor(request.args.get("cursor"))
     page = ctx().source.list_samples(limit, before)
     cursor = None if page.next_before is None else f"{page.next_before:.6f}"
+    active = ctx().source.active_sample()
     return jsonify(
         {
-            "items": [sample_summary(s) for s in page.items],
+            "items": [sample_summary(s, active) for s in page.items],
             "next_cursor": cursor,
-            "active_sample": ctx().source.active_sample(),
+            "active_sample": active,
         }
     )
 
@@ -293,7 +298,8 @@ def review(sample_id: str, record_id: str, cell_index: str) -> Response:
     cell = cell_or_404(s, record_id, cell_index)
     done = review_cell(s, cell, body.get("label"), body.get("reviewer"))
     after = ctx().source.get_sample(s.id) or s
-    return jsonify({"review": review_json(done), "sample": sample_summary(after)})
+    summary = sample_summary(after, ctx().source.active_sample())
+    return jsonify({"review": review_json(done), "sample": summary})
 
 
 @bp.get("/api/samples/<sample:sample_id>/cells/<record_id>/<cell_index>.png")
