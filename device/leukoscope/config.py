@@ -30,6 +30,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 WEB_READ_ACCESS = ("open", "password")
 #: A calibrated scale (pixels per micrometre) must lie in this range (as `classify --px-per-um`).
 PX_PER_UM_RANGE = (0.1, 100.0)
+#: [quality] limits that are not 8-bit levels or fractions.
+_UNBOUNDED = ("min_focus", "min_sharpness")
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,13 @@ class CameraConfig:
 
     `px_per_um` is the calibrated scale of this microscope and camera: pixels per
     micrometre in the camera's full-resolution stills (measured once with a stage
-    micrometer). A `cells` bundle then uses it instead of measuring the red cells of every
-    photo, and a field whose red cells cannot be measured is no longer a retake. None:
-    measure every photo. Whole-field bundles ignore it.
+    micrometer, `leukoscope calibrate`). A `cells` bundle then uses it for every photo; each
+    photo's red cells are still measured, and one whose scale differs from it by more
+    than `scale_tolerance` (a share) is a retake (zoom or objective changed); a field
+    whose red cells cannot be measured is no longer a retake. None: measure every
+    photo. Whole-field bundles ignore it. `px_per_um_spread` is the spread of the
+    calibration (shown, not used); `blank_field` a photo of an empty part of the slide
+    that flat-fields every photo (vignetting, lamp colour).
     """
 
     backend: str
@@ -84,6 +90,9 @@ class CameraConfig:
     retry_interval_s: float = 2.0
     preview_size: tuple[int, int] = (320, 240)
     px_per_um: float | None = None
+    px_per_um_spread: float | None = None
+    scale_tolerance: float = 0.15
+    blank_field: Path | None = None
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     opencv: OpenCVConfig = field(default_factory=OpenCVConfig)
     picamera2: Picamera2Config = field(default_factory=Picamera2Config)
@@ -330,6 +339,9 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
             "opencv",
             "picamera2",
             "px_per_um",
+            "px_per_um_spread",
+            "scale_tolerance",
+            "blank_field",
         },
     )
     backend = c.choice("backend", None, CAMERA_BACKENDS)
@@ -353,6 +365,11 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
         retry_interval_s=c.num("retry_interval_s", 2.0, 0.05, 3600.0),
         preview_size=c.size("preview_size", (320, 240)) or (320, 240),
         px_per_um=c.num("px_per_um", 0.0, *PX_PER_UM_RANGE) if c.has("px_per_um") else None,
+        px_per_um_spread=(
+            c.num("px_per_um_spread", 0.0, 0.0, 1.0) if c.has("px_per_um_spread") else None
+        ),
+        scale_tolerance=c.num("scale_tolerance", 0.15, 0.01, 1.0),
+        blank_field=c.path_("blank_field", None) if c.has("blank_field") else None,
         replay=replay,
         opencv=opencv,
         picamera2=picam,
@@ -386,7 +403,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     q = top.sub("quality", qkeys | {"enabled"})
     quality = QualityThresholds(
         **{
-            name: q.num(name, getattr(defaults, name), 0.0, 1e6 if name == "min_focus" else 255.0)
+            name: q.num(name, getattr(defaults, name), 0.0, 1e6 if name in _UNBOUNDED else 255.0)
             for name in sorted(qkeys)
         }
     )

@@ -2,8 +2,11 @@
 
 Shared by the daemon and `leukoscope classify`, so both answer the same way.
 
-The quality gate runs first; then the bundle's analyser (`analysis.analysers`, one per
-analysis mode) judges the photo. A whole-field bundle classifies the resized photo. A
+Steps: the field (`field_of_view.prepare_field`: the eyepiece's field stop found, and
+vignetting and the lamp's colour divided out when the photo needs it); in cells mode the
+scale (the red-cell ruler, checked against the rig's calibration); the quality gate,
+inside the field; then the bundle's analyser (`analysis.analysers`, one per analysis
+mode) judges the flat-fielded photo. A whole-field bundle classifies the resized photo. A
 cells bundle finds, crops and classifies every white cell and scores the slide; its
 `Analysis.cells` is the `CellReport` whose `to_json()` records and the API carry:
 
@@ -20,14 +23,43 @@ in cells mode).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from leukoscope.analysis.cells import RETAKE_MESSAGES, CellReport, CellRetake
 from leukoscope.analysis.decision import Verdict
-from leukoscope.analysis.quality import QualityResult, QualityThresholds, assess
+from leukoscope.analysis.detection import ScaleEstimate, estimate_scale
+from leukoscope.analysis.field_of_view import prepare_field
+from leukoscope.analysis.quality import QualityResult, QualityThresholds, RetakeReason, assess
+from leukoscope.config import CameraConfig
+from leukoscope.core.errors import ImageError
+from leukoscope.core.imageio import load_image
 from leukoscope.model.bundle import Bundle
+
+#: A measured scale further than this from the calibration (relative) is a retake.
+DEFAULT_SCALE_TOLERANCE = 0.15
+
+
+@dataclass(frozen=True)
+class Rig:
+    """What a technician calibrated on this microscope and camera (`leukoscope calibrate`).
+
+    `px_per_um` is used for every photo of the rig; each photo's red cells still measure
+    their own scale, and one that differs by more than `tolerance` (a share) is a retake
+    ("zoom or objective changed?"). Where the red cells cannot be measured the
+    calibration is used. `reference` is the blank-field photo that flat-fields every photo.
+    """
+
+    px_per_um: float | None = None
+    tolerance: float = DEFAULT_SCALE_TOLERANCE
+    reference: np.ndarray | None = None
+
+
+def load_rig(camera: CameraConfig) -> Rig:
+    """The rig's calibration from the config's [camera] table (reads the blank-field photo)."""
+    reference = None if camera.blank_field is None else load_image(camera.blank_field)
+    return Rig(camera.px_per_um, camera.scale_tolerance, reference)
 
 
 @dataclass
@@ -80,6 +112,7 @@ def analyse(
     *,
     gate: bool = True,
     px_per_um: float | None = None,
+    rig: Rig | None = None,
 ) -> Analysis:
     """Gate a decoded RGB photo, then (if it passed) classify it.
 
@@ -88,15 +121,38 @@ def analyse(
         bundle: the loaded model bundle.
         thresholds: the quality gate's limits (defaults if None).
         gate: False skips the gate's refusals (metrics are still measured).
-        px_per_um: cells mode: the calibrated scale of `rgb` (pixels per micrometre),
-            or None to measure it from the red cells. Ignored in whole-field mode.
+        px_per_um: cells mode: a scale to use as it is (pixels per micrometre of `rgb`),
+            unchecked. Ignored in whole-field mode.
+        rig: the rig's calibration: its scale, checked against each photo's red cells,
+            and its blank-field reference.
     """
+    rig = rig or Rig()
     t0 = time.perf_counter()
-    quality = assess(rgb, thresholds)
-    timings = {"quality": _ms(t0)}
+    prepared = prepare_field(rgb, rig.reference)
+    timings = {"field": _ms(t0)}
+    t0 = time.perf_counter()
+    scale, changed = None, False
+    if bundle.analyser.needs_scale:
+        scale, changed = _scale(prepared.rgb, px_per_um, rig)
+        timings["scale"] = _ms(t0)
+    t0 = time.perf_counter()
+    quality = assess(
+        prepared.rgb,
+        thresholds,
+        fov=prepared.fov,
+        taken=rgb if prepared.corrected else None,
+        px_per_um=None if scale is None else scale.px_per_um,
+    )
+    if changed:
+        quality = replace(quality, reasons=(*quality.reasons, RetakeReason.SCALE_CHANGED))
+    timings["quality"] = _ms(t0)
     if gate and not quality.ok:
         return Analysis(Verdict.RETAKE, quality, timings_ms=timings)
-    outcome = bundle.analyser.analyse(rgb, px_per_um=px_per_um)
+    if bundle.analyser.needs_scale and scale is None:
+        return Analysis(
+            Verdict.RETAKE, quality, timings_ms=timings, cell_retake=CellRetake.NO_SCALE
+        )
+    outcome = bundle.analyser.analyse(prepared.rgb, scale=scale, fov=prepared.fov)
     timings.update(outcome.timings_ms)
     return Analysis(
         outcome.verdict,
@@ -107,3 +163,20 @@ def analyse(
         cells=outcome.cells,
         cell_retake=outcome.cell_retake,
     )
+
+
+def _scale(rgb: np.ndarray, px_per_um: float | None, rig: Rig) -> tuple[ScaleEstimate | None, bool]:
+    """The scale to analyse at, and whether the red cells contradict the calibration."""
+    if px_per_um is not None:
+        return ScaleEstimate(float(px_per_um), 0, "given"), False
+    try:
+        measured: ScaleEstimate | None = estimate_scale(rgb)
+    except ImageError:
+        measured = None
+    if rig.px_per_um is None:
+        return measured, False
+    calibrated = ScaleEstimate(rig.px_per_um, 0, "given")
+    if measured is None:
+        return calibrated, False
+    off = abs(measured.px_per_um / rig.px_per_um - 1.0)
+    return calibrated, off > rig.tolerance

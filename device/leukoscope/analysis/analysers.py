@@ -33,6 +33,8 @@ from leukoscope.analysis.cells import (
     analyse_cells,
 )
 from leukoscope.analysis.decision import Thresholds, Verdict
+from leukoscope.analysis.detection import ScaleEstimate
+from leukoscope.analysis.field_of_view import FieldOfView
 from leukoscope.analysis.preprocess import PreprocessParams, preprocess
 from leukoscope.analysis.quality import WORKING_LONG_SIDE
 from leukoscope.core.imageio import load_image
@@ -78,6 +80,8 @@ class WholeFieldAnalyser:
     classify: Callable[[np.ndarray], dict[str, float]]
     #: Whether the model classifies many inputs in one call (it sees one photo at a time).
     batched: ClassVar[bool] = False
+    #: Whether the analysis needs the photo's scale (pixels per micrometre).
+    needs_scale: ClassVar[bool] = False
 
     @property
     def model_size(self) -> tuple[int, int]:
@@ -101,8 +105,15 @@ class WholeFieldAnalyser:
         p = float(np.clip(probs[self.positive_label], 0.0, 1.0))
         return Prediction(p, probs, self.thresholds.decide(p))
 
-    def analyse(self, rgb: np.ndarray, *, px_per_um: float | None = None) -> Outcome:
-        """The outcome for an 8-bit RGB photo; `px_per_um` is not used in this mode."""
+    def analyse(
+        self,
+        rgb: np.ndarray,
+        *,
+        px_per_um: float | None = None,
+        scale: ScaleEstimate | None = None,
+        fov: FieldOfView | None = None,
+    ) -> Outcome:
+        """The outcome for an 8-bit RGB photo; scale and field are not used in this mode."""
         t0 = time.perf_counter()
         pred = self.predict(rgb)
         return Outcome(pred.verdict, pred.p_leukemia, pred.probabilities, {"inference": _ms(t0)})
@@ -119,6 +130,8 @@ class CellAnalyser:
     blast_probabilities: Callable[[np.ndarray], np.ndarray]
     #: Whether the model classifies many inputs in one call (all of a field's crops).
     batched: ClassVar[bool] = True
+    #: Whether the analysis needs the photo's scale (pixels per micrometre).
+    needs_scale: ClassVar[bool] = True
 
     #: The smallest decode the model can use: None, the full resolution. A nucleus is a
     #: few micrometres across and the crop of `crop_um` (24 um) must fill the model's
@@ -135,15 +148,36 @@ class CellAnalyser:
         """Decode an image file at full resolution, as 8-bit RGB."""
         return load_image(source)
 
-    def analyse_cells(self, rgb: np.ndarray, *, px_per_um: float | None = None) -> CellAnalysis:
+    def analyse_cells(
+        self,
+        rgb: np.ndarray,
+        *,
+        px_per_um: float | None = None,
+        scale: ScaleEstimate | None = None,
+        fov: FieldOfView | None = None,
+    ) -> CellAnalysis:
         """The cell analysis of an 8-bit RGB photo, stage by stage (no quality gate)."""
         return analyse_cells(
-            rgb, self.settings, self.params, self.blast_probabilities, px_per_um=px_per_um
+            rgb,
+            self.settings,
+            self.params,
+            self.blast_probabilities,
+            px_per_um=px_per_um,
+            scale=scale,
+            fov=fov,
         )
 
-    def analyse(self, rgb: np.ndarray, *, px_per_um: float | None = None) -> Outcome:
-        """The outcome for an 8-bit RGB photo at `px_per_um` (None: measured from red cells)."""
-        result = self.analyse_cells(rgb, px_per_um=px_per_um)
+    def analyse(
+        self,
+        rgb: np.ndarray,
+        *,
+        px_per_um: float | None = None,
+        scale: ScaleEstimate | None = None,
+        fov: FieldOfView | None = None,
+    ) -> Outcome:
+        """The outcome for an 8-bit RGB photo at `px_per_um` or `scale` (neither: measured
+        from the red cells), behind the field stop `fov` (None: the whole frame)."""
+        result = self.analyse_cells(rgb, px_per_um=px_per_um, scale=scale, fov=fov)
         if result.retake is not None or result.report is None:
             return Outcome(
                 Verdict.RETAKE,

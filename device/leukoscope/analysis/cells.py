@@ -41,6 +41,7 @@ from leukoscope.analysis.detection import (
     detect_white_cells,
     estimate_scale,
 )
+from leukoscope.analysis.field_of_view import FieldOfView
 from leukoscope.analysis.preprocess import PreprocessParams, filter_paper
 from leukoscope.core.errors import ImageError
 
@@ -336,13 +337,17 @@ def analyse_cells(
     blast_probabilities: Callable[[np.ndarray], np.ndarray],
     *,
     px_per_um: float | None = None,
+    scale: ScaleEstimate | None = None,
+    fov: FieldOfView | None = None,
     detect_params: DetectParams = DEFAULT_PARAMS,
 ) -> CellAnalysis:
     """The cell analysis of one decoded photo, stage by stage.
 
-    1. Scale: `px_per_um` when given (a calibrated microscope), else estimated from the
-       red cells; neither -> retake NO_SCALE (report None).
-    2. White cells detected; the `max_cells` largest selected.
+    1. Scale: `scale` when the caller measured it, `px_per_um` when given (a calibrated
+       microscope), else estimated from the red cells; none -> retake NO_SCALE (report None).
+    2. White cells detected; the `max_cells` largest selected. Behind a field stop (`fov`),
+       a cell whose crop would cross the stop's edge is not classified, and the density
+       counts the area where cells are kept.
     3. Their crops (`cell_batch`), classified by `blast_probabilities` (N x h x w x 3
        float32 -> N probabilities of "blast"), in chunks of INFERENCE_CHUNK cells.
     4. Slide features and score; fewer than `min_cells` found -> retake NO_WHITE_CELLS
@@ -354,11 +359,15 @@ def analyse_cells(
         pre: the bundle's preprocessing (crops are cut at its input size).
         blast_probabilities: the cell classifier.
         px_per_um: the configured scale, or None to measure it.
+        scale: the scale already measured (it wins over `px_per_um`).
+        fov: the photo's field (`field_of_view.find_field`); None: the whole frame.
         detect_params: nucleus detection thresholds.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    if px_per_um is not None:
+    if scale is not None:
+        pass
+    elif px_per_um is not None:
         scale = ScaleEstimate(float(px_per_um), 0, "given")
     else:
         try:
@@ -369,6 +378,13 @@ def analyse_cells(
     detection = replace(
         detect_white_cells(rgb, px_per_um=scale.px_per_um, params=detect_params), scale=scale
     )
+    usable = FieldOfView.whole(rgb.shape[1], rgb.shape[0]) if fov is None else fov
+    # A crop reaching past the stop's edge would show the dark surround to the classifier.
+    usable = usable.shrunk(settings.crop_um * scale.px_per_um / 2)
+    if usable.stop:
+        detection = replace(
+            detection, cells=[c for c in detection.cells if usable.contains(c.x, c.y)]
+        )
     chosen = select_cells(detection.cells, settings.max_cells)
     timings["detect"] = _ms(t0)
     crops_s = infer_s = 0.0
@@ -391,7 +407,12 @@ def analyse_cells(
     timings["inference"] = round(infer_s * 1000.0, 2)
     t0 = time.perf_counter()
     size = (int(rgb.shape[1]), int(rgb.shape[0]))
-    features = slide_features(p, field_area_um2(rgb.shape, scale.px_per_um), settings)
+    area_um2 = (
+        usable.area_px / scale.px_per_um**2
+        if usable.stop
+        else field_area_um2(rgb.shape, scale.px_per_um)
+    )
+    features = slide_features(p, area_um2, settings)
     score = slide_score(features, settings)
     results = tuple(
         CellResult(

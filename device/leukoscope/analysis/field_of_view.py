@@ -16,6 +16,10 @@ tinted by the lamp. Photos through a proper camera adapter fill the frame. Steps
    go before anything measures colour; the surround is set to the glass colour, so later
    steps see no dark stain there. A blank-field reference photo, when the rig has one,
    is used instead of the fit.
+3. `prepare_field()`: both, as the analysis runs them before anything measures colour or
+   size. A frame with no stop, no reference and light even to within `EVEN_LIGHT` is
+   left as it is (a camera adapter's photo: the white balance against the glass that
+   detection does is all it needs), so dataset photos are analysed exactly as before.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ RIM_MARGIN = 0.04
 GLASS_FRACTION = 0.85
 #: The level the glass is corrected to (8-bit).
 GLASS_LEVEL = 235.0
+#: Light whose brightest and dimmest glass inside the field differ by less than this
+#: ratio is even enough: a uniform lamp colour is undone by detection's white balance.
+EVEN_LIGHT = 1.12
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,23 @@ class FieldOfView:
     def area_fraction(self) -> float:
         """The share of the frame the field covers."""
         return float(self.mask((min(self.height, 240), min(self.width, 320))).mean())
+
+    @property
+    def area_px(self) -> float:
+        """The field's area in pixels of the photo (a disc cut by the frame counts its part)."""
+        return self.area_fraction * self.width * self.height
+
+    def shrunk(self, margin: float) -> FieldOfView:
+        """The part of the field at least `margin` px inside a field stop's edge.
+
+        The whole frame is returned as it is: a frame edge cuts no cell (crops there are
+        padded with glass), a field stop's dark rim does.
+        """
+        if not self.stop or margin <= 0:
+            return self
+        return FieldOfView(
+            self.width, self.height, self.cx, self.cy, max(0.0, self.radius - margin), True
+        )
 
 
 def _grey_small(rgb: np.ndarray) -> tuple[np.ndarray, float]:
@@ -169,6 +193,37 @@ def flat_field(
         outside = (~inside).astype(np.uint8)
         cv2.copyTo(np.full_like(out, round(GLASS_LEVEL)), outside, out)
     return out
+
+
+@dataclass(frozen=True)
+class PreparedField:
+    """A photo ready for measuring: its field, and the photo flat-fielded when it needed it."""
+
+    rgb: np.ndarray
+    fov: FieldOfView
+    #: True when vignetting and the lamp's colour were divided out (`flat_field`).
+    corrected: bool
+
+
+def prepare_field(rgb: np.ndarray, reference: np.ndarray | None = None) -> PreparedField:
+    """Find the field and flat-field the photo when it has a stop, a reference or uneven light.
+
+    Args:
+        rgb: the photo, HxWx3 uint8.
+        reference: the rig's blank-field photo, if it has one (any size; resized).
+    """
+    fov = find_field(rgb)
+    if reference is None and not fov.stop:
+        h, w = rgb.shape[:2]
+        step = max(1, round(max(h, w) / 200))
+        light = _fitted_light(
+            np.ascontiguousarray(rgb[::step, ::step, :3]),
+            fov.mask((len(range(0, h, step)), len(range(0, w, step)))),
+        ).mean(axis=2)
+        lo, hi = float(light.min()), float(light.max())
+        if lo > 0 and hi / lo < EVEN_LIGHT:
+            return PreparedField(rgb, fov, False)
+    return PreparedField(flat_field(rgb, fov, reference), fov, True)
 
 
 def _fitted_light(img: np.ndarray, inside: np.ndarray) -> np.ndarray:

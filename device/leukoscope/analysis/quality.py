@@ -18,6 +18,18 @@ does not gain fake detail from rounding. Metrics (all on the working copy):
     or yellow (green is not the largest channel): the purple and pink of a Romanowsky stain.
   - `content`: fraction of pixels whose luma is more than 18 away from the median luma
     (the background): cells of any colour; near 0 for a blank slide.
+  - `sharpness` (only when the photo's scale is known, as in cells mode): the same
+    Laplacian energy measured at two physical scales, `SHARP_PX_PER_UM` px/um (or the
+    photo's own scale, if coarser) over half that. Blur removes the fine scale's detail
+    far more than the coarse one's, whatever the field shows, so it judges focus against
+    what the content itself gives; the 256 px `focus` cannot see a blur of a few pixels
+    in a 5-megapixel still (it scores 800-940 for sharp ALL-IDB1 fields and still
+    hundreds for blurred ones).
+
+Behind an eyepiece's field stop every metric is taken inside the field only (`fov`),
+exposure on the photo as taken, the others on the flat-fielded one. A photo too dark or
+too bright is told so, and not also that its field is empty or unstained: those cannot
+be judged until the exposure is right.
 
 The default thresholds were chosen from data: `tests/quality_survey.py` on all 3,892
 images in ../shared/data (ALL-IDB1, ALL-IDB2, Kaggle ALL, BCCD) and degraded copies of
@@ -32,11 +44,15 @@ from enum import StrEnum
 import cv2
 import numpy as np
 
+from leukoscope.analysis.field_of_view import FieldOfView
+
 #: The long side of the working copy every metric is computed on.
 WORKING_LONG_SIDE = 256
 _CONTENT_DELTA = 18.0
 _CHROMA_DELTA = 15.0
 _FOCUS_VAR_FLOOR = 400.0
+#: The fine scale `sharpness` is measured at, px per micrometre (a pixel of 0.33 um).
+SHARP_PX_PER_UM = 3.0
 
 
 class RetakeReason(StrEnum):
@@ -47,6 +63,8 @@ class RetakeReason(StrEnum):
     EMPTY_FIELD = "empty-field"
     NO_STAINED_CELLS = "no-stained-cells"
     OUT_OF_FOCUS = "out-of-focus"
+    #: The red cells measure a scale the rig's calibration does not allow.
+    SCALE_CHANGED = "scale-changed"
 
 
 @dataclass(frozen=True)
@@ -59,10 +77,12 @@ class QualityMetrics:
     focus: float
     stain: float
     content: float
+    #: None when the photo's scale is not known (whole-field mode, no red cells).
+    sharpness: float | None = None
 
     def to_json(self) -> dict[str, float]:
-        """The metrics rounded for a record."""
-        return {k: round(float(v), 5) for k, v in asdict(self).items()}
+        """The metrics rounded for a record (sharpness only when it was measured)."""
+        return {k: round(float(v), 5) for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,11 @@ class QualityThresholds:
     min_focus: float = 7.5
     min_stain: float = 0.02  # real >= 0.049 (Kaggle); grey 0.0
     min_content: float = 0.015  # real >= 0.038 (ALL-IDB2); blank 0.0
+    # Sharpness, where the scale is known: the 58 ALL-IDB1 training and validation
+    # fields, sharp >= 0.243 (Im016_1), blurred with sigma 0.26 um (3 px of a 5 MP
+    # ALL-IDB1 still) <= 0.168 (Im086_0). Eyepiece-simulated (realistic) ALL-IDB1
+    # validation fields: 0.23-0.36.
+    min_sharpness: float = 0.2
 
     def check(self, m: QualityMetrics) -> list[RetakeReason]:
         """The reasons this photo must be retaken, empty when it passes."""
@@ -96,11 +121,16 @@ class QualityThresholds:
             reasons.append(RetakeReason.TOO_DARK)
         if m.mean_luma > self.max_mean_luma or m.clipped_high > self.max_clipped_high:
             reasons.append(RetakeReason.TOO_BRIGHT)
+        if reasons:
+            return reasons  # content, stain and focus cannot be judged on a bad exposure
         if m.content < self.min_content:
             reasons.append(RetakeReason.EMPTY_FIELD)
         elif m.stain < self.min_stain:
             reasons.append(RetakeReason.NO_STAINED_CELLS)
-        if m.focus < self.min_focus:
+        if m.sharpness is not None:
+            if m.sharpness < self.min_sharpness:
+                reasons.append(RetakeReason.OUT_OF_FOCUS)
+        elif m.focus < self.min_focus:
             reasons.append(RetakeReason.OUT_OF_FOCUS)
         return reasons
 
@@ -135,27 +165,103 @@ def focus_score(gray: np.ndarray) -> float:
     return 1000.0 * float(lap.var()) / max(float(gray.var()), _FOCUS_VAR_FLOOR)
 
 
-def measure(rgb: np.ndarray) -> QualityMetrics:
-    """The gate's metrics for an HxWx3 uint8 RGB image of any size."""
+def _luma(small: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 0.299 * small[:, :, 0] + 0.587 * small[:, :, 1] + 0.114 * small[:, :, 2]
+    return out
+
+
+def _inside(fov: FieldOfView | None, shape: tuple[int, int], erode: int) -> np.ndarray | None:
+    """The field's mask at a working copy's size, `erode` px in from a stop's edge."""
+    if fov is None or not fov.stop:
+        return None
+    mask: np.ndarray = fov.mask(shape).astype(np.uint8)
+    if erode > 0:
+        mask = cv2.erode(mask, np.ones((2 * erode + 1, 2 * erode + 1), np.uint8))
+    return mask.astype(bool) if mask.any() else None
+
+
+def _laplacian_energy(grey: np.ndarray, inside: np.ndarray | None) -> float:
+    lap = cv2.Laplacian(grey, cv2.CV_32F, ksize=1)
+    return float(lap[inside].var() if inside is not None else lap.var())
+
+
+def sharpness(rgb: np.ndarray, px_per_um: float, fov: FieldOfView | None = None) -> float:
+    """Laplacian energy at `SHARP_PX_PER_UM` to twice that (the photo binned by a whole
+    factor) over that at half of it (see the module)."""
+    h, w = rgb.shape[:2]
+    # Whole k x k pixel bins: a fractional shrink (say by 0.95) averages neighbours
+    # unevenly and takes away the fine detail it is meant to measure.
+    k = max(1, int(px_per_um / SHARP_PX_PER_UM))
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY)
+    if k > 1:
+        grey = cv2.resize(grey, (max(8, w // k), max(8, h // k)), interpolation=cv2.INTER_AREA)
+    fine = grey.astype(np.float32)
+    coarse = cv2.resize(
+        fine,
+        (max(4, fine.shape[1] // 2), max(4, fine.shape[0] // 2)),
+        interpolation=cv2.INTER_AREA,
+    )
+    e_fine = _laplacian_energy(fine, _inside(fov, fine.shape[:2], 3))
+    e_coarse = _laplacian_energy(coarse, _inside(fov, coarse.shape[:2], 2))
+    return e_fine / max(e_coarse, 1e-6)
+
+
+def measure(
+    rgb: np.ndarray,
+    *,
+    fov: FieldOfView | None = None,
+    taken: np.ndarray | None = None,
+    px_per_um: float | None = None,
+) -> QualityMetrics:
+    """The gate's metrics for an HxWx3 uint8 RGB image of any size.
+
+    Args:
+        rgb: the photo (flat-fielded when it was: stain, content and focus).
+        fov: its field; None or no stop: the whole frame.
+        taken: the photo as taken, for exposure (default `rgb`).
+        px_per_um: its scale, when known: adds `sharpness`.
+    """
     small = working_copy(rgb.astype(np.float32))
-    r, g, b = small[:, :, 0], small[:, :, 1], small[:, :, 2]
-    luma = 0.299 * r + 0.587 * g + 0.114 * b
-    n = float(luma.size)
-    median = float(np.median(luma))
-    chroma = small.max(axis=2) - small.min(axis=2)
-    stained = (chroma > _CHROMA_DELTA) & (g < np.maximum(r, b))
+    inside = _inside(fov, small.shape[:2], 2)
+    luma = _luma(small)
+    raw = small if taken is None else working_copy(taken.astype(np.float32))
+    raw_luma = _luma(raw)
+    if inside is not None:
+        luma_in, raw_in, px = luma[inside], raw_luma[inside], small[inside]
+    else:
+        luma_in, raw_in, px = luma.ravel(), raw_luma.ravel(), small.reshape(-1, 3)
+    n = float(luma_in.size)
+    median = float(np.median(luma_in))
+    chroma = px.max(axis=1) - px.min(axis=1)
+    stained = (chroma > _CHROMA_DELTA) & (px[:, 1] < np.maximum(px[:, 0], px[:, 2]))
+    if inside is None:
+        focus = focus_score(luma)
+    else:
+        focus = (
+            1000.0
+            * _laplacian_energy(luma, _inside(fov, small.shape[:2], 4))
+            / max(float(luma_in.var()), _FOCUS_VAR_FLOOR)
+        )
     return QualityMetrics(
-        mean_luma=float(luma.mean()),
-        clipped_high=float(np.count_nonzero(luma >= 250.0)) / n,
-        clipped_low=float(np.count_nonzero(luma <= 5.0)) / n,
-        focus=focus_score(luma),
+        mean_luma=float(raw_in.mean()),
+        clipped_high=float(np.count_nonzero(raw_in >= 250.0)) / n,
+        clipped_low=float(np.count_nonzero(raw_in <= 5.0)) / n,
+        focus=focus,
         stain=float(np.count_nonzero(stained)) / n,
-        content=float(np.count_nonzero(np.abs(luma - median) > _CONTENT_DELTA)) / n,
+        content=float(np.count_nonzero(np.abs(luma_in - median) > _CONTENT_DELTA)) / n,
+        sharpness=None if px_per_um is None else sharpness(rgb, px_per_um, fov),
     )
 
 
-def assess(rgb: np.ndarray, thresholds: QualityThresholds | None = None) -> QualityResult:
+def assess(
+    rgb: np.ndarray,
+    thresholds: QualityThresholds | None = None,
+    *,
+    fov: FieldOfView | None = None,
+    taken: np.ndarray | None = None,
+    px_per_um: float | None = None,
+) -> QualityResult:
     """Measure a photo and check it against the thresholds (the defaults if None)."""
-    metrics = measure(rgb)
+    metrics = measure(rgb, fov=fov, taken=taken, px_per_um=px_per_um)
     reasons = (thresholds or QualityThresholds()).check(metrics)
     return QualityResult(metrics, tuple(reasons))

@@ -63,7 +63,7 @@ from leukoscope.core.errors import (
 )
 from leukoscope.model.bundle import Bundle, load_bundle
 from leukoscope.model.manifest import SampleSpec, sample_spec
-from leukoscope.pipeline import analyse, decode_size
+from leukoscope.pipeline import analyse, decode_size, load_rig
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,8 @@ class Daemon:
         #: Samples and their fields, written through the same store.
         self.samples = Samples(store)
         self.bundle = bundle
+        #: The technician's calibration: scale, its tolerance, the blank-field photo.
+        self.rig = load_rig(cfg.camera)
         self.camera = camera
         self.pin_factory = pin_factory
         self.state = state or DaemonState()
@@ -545,7 +547,7 @@ class Daemon:
                 self.cfg.quality,
                 gate=self.cfg.quality_enabled,
                 # cells mode decodes stills at full size, the size the scale is calibrated at
-                px_per_um=self.cfg.camera.px_per_um,
+                rig=self.rig,
             )
             if ticket.in_sample:
                 t0 = time.perf_counter()
