@@ -231,6 +231,7 @@ set +e
 exe=/opt/leukoscope/venv/bin/leukoscope
 try() { echo "== $*"; runuser -u "$1" -- sudo -n "${@:2}" 2>&1; echo "rc=$?"; }
 try maint -u leukoscope "$exe" model install /var/lib/leukoscope-incoming/b
+try maint -u leukoscope "$exe" export --out /var/lib/leukoscope-incoming/x.tar
 try maint "$exe" model install /x
 try maint -u leukoscope "$exe" run
 try maint -u leukoscope /bin/sh -c id
@@ -240,7 +241,7 @@ try outsider -u leukoscope "$exe" model list
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a private mount namespace")
 def test_sudoers_rule_grants_only_the_model_commands_as_leukoscope(tmp_path: Path) -> None:
-    """Real sudo: a maintainer may run `leukoscope model ...` as leukoscope, nothing more."""
+    """Real sudo: a maintainer may run `leukoscope model|export ...` as leukoscope, nothing more."""
     need("sudo")
     need("runuser")
     unshare = need("unshare")
@@ -260,10 +261,11 @@ def test_sudoers_rule_grants_only_the_model_commands_as_leukoscope(tmp_path: Pat
     if result.returncode != 0 and "== " not in result.stdout:
         pytest.skip(f"no private mount namespace here: {result.stdout}{result.stderr}".strip())
     runs = result.stdout.split("== ")[1:]
-    assert len(runs) == 5, result.stdout + result.stderr
-    allowed, as_root, other_command, shell, outsider = runs
+    assert len(runs) == 6, result.stdout + result.stderr
+    allowed, export, as_root, other_command, shell, outsider = runs
     assert "ran as leukoscope: model install /var/lib/leukoscope-incoming/b" in allowed
     assert allowed.rstrip().endswith("rc=0")
+    assert "ran as leukoscope: export --out /var/lib/leukoscope-incoming/x.tar" in export
     for refused in (as_root, other_command, shell, outsider):
         assert "ran as" not in refused, refused
         assert not refused.rstrip().endswith("rc=0"), refused

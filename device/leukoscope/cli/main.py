@@ -17,6 +17,7 @@ from leukoscope.bench import cells as bench_cells
 from leukoscope.bench import whole_field as bench_whole_field
 from leukoscope.cli import appliance as appcli
 from leukoscope.cli import calibrate as calibratecli
+from leukoscope.cli import export as exportcli
 from leukoscope.cli import model as modelcli
 from leukoscope.cli import sample as samplecli
 from leukoscope.cli import web as webcli
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibratecli.add_subcommands(sub)
     webcli.add_subcommands(sub)
     modelcli.add_subcommands(sub)
+    exportcli.add_subcommands(sub)
     samplecli.add_subcommands(sub)
 
     p = sub.add_parser("bench", help="time decode, preprocess and inference (prints figures)")
