@@ -56,7 +56,7 @@ SYSTEM_PROGRAMS = (
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
     """The checkout to install from: the repo itself once it has the Pi config."""
-    if (REPO / "device" / "configs" / "pi.toml").is_file():
+    if (REPO / "device" / "leukoscope" / "configs" / "pi.toml").is_file():
         return REPO
     # Until the daemon's Pi config lands, a copy of the deployment files with a stand-in.
     src = tmp_path / "src"
@@ -253,3 +253,38 @@ def test_self_check_reports_what_is_missing(source: Path, root: Path, shims: Pat
     assert result.returncode == 1
     assert "FAIL  /etc/sudoers.d/leukoscope missing" in result.stdout
     assert "ok    /etc/systemd/system/leukoscope.service" in result.stdout
+
+
+def test_signers_make_a_new_config_require_signatures_and_refuse_an_unsigned_first_model(
+    source: Path, root: Path, shims: Path, tmp_path: Path
+) -> None:
+    signers = tmp_path / "allowed_signers"
+    signers.write_text('alice@lab namespaces="leukoscope-bundle" ssh-ed25519 AAAAC3Nza\n')
+    bundle = tmp_path / "unsigned"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    out = install(
+        source, shims, "--root", str(root), "--allowed-signers", str(signers),
+        "--bundle", str(bundle),
+    ).stdout  # fmt: skip
+    config = (root / "etc/leukoscope/config.toml").read_text()
+    assert 'allowed_signers = "/etc/leukoscope/allowed_signers"' in config
+    assert (root / "etc/leukoscope/allowed_signers").read_text() == signers.read_text()
+    assert f"refused: {bundle} is not signed" in out
+    assert "install --activate" not in out, "never a silent bypass"
+    assert "ok    model updates must be signed (1 signer(s)" in out
+
+    (bundle / "manifest.json.sig").write_text("signature")
+    out = install(source, shims, "--root", str(root), "--bundle", str(bundle)).stdout
+    assert f"install --activate {bundle}" in out
+
+
+def test_a_signers_file_without_a_bundle_line_is_refused(
+    source: Path, root: Path, shims: Path, tmp_path: Path
+) -> None:
+    signers = tmp_path / "allowed_signers"
+    signers.write_text("alice@lab ssh-ed25519 AAAAC3Nza\n")
+    result = install(source, shims, "--root", str(root), "--allowed-signers", str(signers),
+                     check=False)  # fmt: skip
+    assert result.returncode == 2 and "namespace leukoscope-bundle" in result.stderr
+    assert not (root / "etc").exists()

@@ -9,6 +9,12 @@
 #   sudo tools/install-pi.sh --uninstall --purge   also delete records, config and user
 #   tools/install-pi.sh --root DIR           test mode: write files under DIR, run no
 #                                            system command (apt, systemctl, ...), only list it
+# Options for an install (tools/ansible/install.yml passes them for a fleet):
+#   --allowed-signers FILE   trust these bundle signers: /etc/leukoscope/allowed_signers,
+#                            named by a new config, so the Pi installs signed bundles only
+#   --bundle DIR             the first model (default models/default); sign it first
+#                            (leukoscope-tools sign) when the Pi requires signatures
+#   --web-password-hash FILE the status page's password hash (leukoscope set-password's)
 set -euo pipefail
 
 # Where things go on the Pi (the unit in systemd/ names the same paths).
@@ -21,6 +27,8 @@ UNIT=/etc/systemd/system/leukoscope.service
 SYSUSERS=/etc/sysusers.d/leukoscope.conf
 TMPFILES=/etc/tmpfiles.d/leukoscope.conf
 SUDOERS=/etc/sudoers.d/leukoscope
+SIGNERS=/etc/leukoscope/allowed_signers
+WEB_PASSWORD=/var/lib/leukoscope/web-password
 BIN_LINK=/usr/local/bin/leukoscope
 JOURNALD=/etc/systemd/journald.conf.d/leukoscope.conf
 BOOT_CONFIG=/boot/firmware/config.txt
@@ -37,9 +45,12 @@ ROOT=""
 DRY_RUN=0
 ACTION=install
 PURGE=0
+ALLOWED_SIGNERS=""
+BUNDLE=""
+PASSWORD_HASH=""
 
 usage() {
-  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -55,6 +66,15 @@ while [ $# -gt 0 ]; do
       shift
       ;;
     --root=*) ROOT=$(cd "${1#--root=}" && pwd -P) || exit 2 ;;
+    --allowed-signers | --bundle | --web-password-hash)
+      [ $# -ge 2 ] || { echo "$1 needs a path" >&2; exit 2; }
+      case "$1" in
+        --allowed-signers) ALLOWED_SIGNERS=$(realpath -e "$2") || exit 2 ;;
+        --bundle) BUNDLE=$(realpath -e "$2") || exit 2 ;;
+        --web-password-hash) PASSWORD_HASH=$(realpath -e "$2") || exit 2 ;;
+      esac
+      shift
+      ;;
     -h | --help) usage 0 ;;
     *) echo "unknown option: $1" >&2; usage 2 >&2 ;;
   esac
@@ -62,6 +82,19 @@ while [ $# -gt 0 ]; do
 done
 [ "$PURGE" -eq 0 ] || [ "$ACTION" = uninstall ] || { echo "--purge goes with --uninstall" >&2; exit 2; }
 [ "$ROOT" != / ] || { echo "--root / would be the real system: leave --root out" >&2; exit 2; }
+if [ -n "$ALLOWED_SIGNERS" ] && ! grep -q 'namespaces="leukoscope-bundle"' "$ALLOWED_SIGNERS"; then
+  echo "--allowed-signers $ALLOWED_SIGNERS: no line for namespace leukoscope-bundle" >&2
+  echo "(leukoscope-tools sign prints the line)" >&2
+  exit 2
+fi
+if [ -n "$BUNDLE" ] && [ ! -f "$BUNDLE/manifest.json" ]; then
+  echo "--bundle $BUNDLE: not a model bundle (no manifest.json)" >&2
+  exit 2
+fi
+if [ -n "$PASSWORD_HASH" ] && ! grep -qE '^scrypt\$[0-9]+\$[0-9]+\$[0-9]+\$[^$]+\$[^$]+$' "$PASSWORD_HASH"; then
+  echo "--web-password-hash $PASSWORD_HASH: not one line made by leukoscope set-password" >&2
+  exit 2
+fi
 
 # --- output and the three ways of acting: real, --dry-run, --root ---------------------
 
@@ -229,14 +262,52 @@ install_command() {
   symlink "$VENV/bin/leukoscope" "$BIN_LINK"
 }
 
+# signatures_required: the installed (or about to be installed) config names allowed signers.
+signatures_required() {
+  [ -f "$ROOT$CONFIG" ] && grep -qE '^[[:space:]]*allowed_signers[[:space:]]*=' "$ROOT$CONFIG"
+}
+
 install_config() {
   step "Config $CONFIG (an existing one is kept)"
-  keep "$SRC/device/leukoscope/configs/pi.toml" "$CONFIG" 644
+  if [ -z "$ALLOWED_SIGNERS" ]; then
+    keep "$SRC/device/leukoscope/configs/pi.toml" "$CONFIG" 644
+    return 0
+  fi
+  # The shipped config with its allowed_signers line switched on.
+  local fresh
+  fresh=$(mktemp)
+  sed "s|^# allowed_signers = \"$SIGNERS\"|allowed_signers = \"$SIGNERS\"|" \
+    "$SRC/device/leukoscope/configs/pi.toml" >"$fresh"
+  grep -qx "allowed_signers = \"$SIGNERS\"" "$fresh" || {
+    rm -f "$fresh"
+    echo "install-pi: configs/pi.toml lost its allowed_signers line" >&2
+    exit 1
+  }
+  keep "$fresh" "$CONFIG" 644
+  rm -f "$fresh"
+  if [ -f "$ROOT$CONFIG" ] && ! signatures_required; then
+    note "warning: the kept $CONFIG names no allowed_signers: this Pi installs unsigned"
+    note "bundles; add allowed_signers = \"$SIGNERS\" under [model] (the self-check fails)"
+  fi
+}
+
+install_signers() {
+  [ -n "$ALLOWED_SIGNERS" ] || return 0
+  step "Bundle signers $SIGNERS (model updates must be signed by one of them)"
+  put "$ALLOWED_SIGNERS" "$SIGNERS" 644
+}
+
+install_web_password() {
+  [ -n "$PASSWORD_HASH" ] || return 0
+  step "Status page password hash $WEB_PASSWORD (read by the daemon's user only)"
+  CHANGED=0
+  put "$PASSWORD_HASH" "$WEB_PASSWORD" 600
+  [ "$CHANGED" -eq 0 ] || run chown leukoscope:leukoscope "$WEB_PASSWORD"
 }
 
 install_model() {
-  step "Model: the shipped bundle models/default, unless a model is already active"
-  local bundle=$SRC/models/default active=$STATE/models/active
+  local bundle=${BUNDLE:-$SRC/models/default} active=$STATE/models/active
+  step "Model: $bundle, unless a model is already active"
   if [ -e "$ROOT$active" ] || [ -L "$ROOT$active" ]; then
     note "kept (exists): $active (update models with leukoscope-tools push)"
     return 0
@@ -244,6 +315,12 @@ install_model() {
   if [ ! -f "$bundle/manifest.json" ]; then
     note "warning: no shipped bundle at $bundle; the service will show the model fault"
     note "until one is installed: leukoscope-tools push BUNDLE HOST --activate"
+    return 0
+  fi
+  # Never a silent bypass: a Pi that requires signatures gets a signed first model or none.
+  if signatures_required && [ ! -f "$bundle/manifest.json.sig" ]; then
+    note "refused: $bundle is not signed and this Pi requires signatures ($CONFIG);"
+    note "sign it (leukoscope-tools sign $bundle --key KEY) or pass a signed one with --bundle"
     return 0
   fi
   # As the appliance user, through the model store (checked, then switched atomically).
@@ -328,6 +405,13 @@ self_check() {
   for f in "$UNIT" "$SYSUSERS" "$TMPFILES" "$SUDOERS" "$JOURNALD" "$CONFIG"; do
     check_file "$f"
   done
+  if [ -f "$ROOT$SIGNERS" ]; then
+    if signatures_required; then
+      ok "model updates must be signed ($(grep -c 'leukoscope-bundle' "$ROOT$SIGNERS") signer(s) in $SIGNERS)"
+    else
+      bad "$SIGNERS exists but $CONFIG does not name it: unsigned bundles are accepted"
+    fi
+  fi
   if [ -f "$ROOT$BOOT_CONFIG" ]; then
     if grep -qxF "$BOOT_BEGIN" "$ROOT$BOOT_CONFIG" && grep -qxF "$BOOT_END" "$ROOT$BOOT_CONFIG"; then
       ok "$BOOT_CONFIG has the Leukoscope camera block"
@@ -459,6 +543,8 @@ case "$ACTION" in
     install_venv
     install_command
     install_config
+    install_signers
+    install_web_password
     install_model
     install_sd_card_settings
     install_camera_settings
