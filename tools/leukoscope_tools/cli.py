@@ -15,7 +15,12 @@ from leukoscope.core.errors import LeukoscopeError
 from leukoscope_tools.data import cells as cell_dataset
 from leukoscope_tools.data import idb2_sources
 from leukoscope_tools.data.photos import build_table, read_table, write_table
-from leukoscope_tools.evaluate import cell_compare, cell_experiment, detection
+from leukoscope_tools.evaluate import (
+    cell_compare,
+    cell_experiment,
+    detection,
+    sample_validation,
+)
 from leukoscope_tools.evaluate.compare import run_compare
 from leukoscope_tools.evaluate.field import reevaluate
 from leukoscope_tools.ship import cells as cell_ship
@@ -182,6 +187,7 @@ CELL_STEPS: dict[str, tuple[ModuleType, str]] = {
     "eval": (detection, "measure white-cell detection on ALL-IDB1"),
     "experiment": (cell_experiment, "the ALL-IDB1-only cell classifier experiment"),
     "idb2-sources": (idb2_sources, "locate ALL-IDB2 crops on their ALL-IDB1 slides"),
+    "samples": (sample_validation, "choose and validate the sample rule; write samples.md"),
 }
 
 
@@ -295,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
         "`train` trains one cell classifier, `compare` writes the comparison report, "
         "`ship` exports the best seed and writes the cells bundle (see tools/reproduce.sh); "
         "`eval` measures the white-cell detector, `experiment` is the first ALL-IDB1-only "
-        "classifier, `idb2-sources` places ALL-IDB2's crops on their slides.",
+        "classifier, `idb2-sources` places ALL-IDB2's crops on their slides, `samples` chooses "
+        "and validates the sample rule on simulated multi-field samples.",
     )
     steps = p.add_subparsers(dest="step", required=True, metavar="STEP")
     for name, (module, summary) in CELL_STEPS.items():
