@@ -16,6 +16,7 @@ from leukoscope.analysis.analysers import CellAnalyser
 from leukoscope.bench import cells as bench_cells
 from leukoscope.bench import whole_field as bench_whole_field
 from leukoscope.cli import appliance as appcli
+from leukoscope.cli import classify_cells as cellscli
 from leukoscope.cli import calibrate as calibratecli
 from leukoscope.cli import export as exportcli
 from leukoscope.cli import model as modelcli
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_classify)
 
+    cellscli.add_subcommands(sub)
     appcli.add_subcommands(sub)
     calibratecli.add_subcommands(sub)
     webcli.add_subcommands(sub)
