@@ -28,7 +28,7 @@ def test_bench_prints_every_stage_and_writes_a_report(
     argv = ["bench-cells", "--bundle", str(session_cells_bundle), "--image", str(photo)]
     assert main([*argv, "--runs", "2", "--threads", "2", "--report", str(report)]) == 0
     out = capsys.readouterr().out
-    assert "| **total: cell analysis** |" in out and "300 ms budget" in out
+    assert "| **total: cell analysis** |" in out and "120 ms budget" in out
     assert "inference, 7 crops in one batch, 2 thread(s)" in out
     assert report.read_text() in out
     figures = json.loads(report.with_suffix(".json").read_text())

@@ -35,6 +35,8 @@ FIND_SIDE = 320
 SURROUND_FRACTION = 0.25
 #: Less surround than this share of the frame: no field stop, the whole frame is the field.
 MIN_SURROUND = 0.005
+#: A field stop's radius is at least this share of the frame's half-diagonal.
+MIN_STOP_RADIUS = 0.3
 #: The field's edge is taken this share of its radius inwards (the rim is dim and soft).
 RIM_MARGIN = 0.04
 #: Glass pixels: within this fraction of the brightest glass, and nearly colourless.
@@ -155,6 +157,14 @@ def find_field(rgb: np.ndarray) -> FieldOfView:
     keep = resid <= np.percentile(resid, 90)
     if keep.sum() >= 12:
         cx, cy, r = _fit_circle(xs[keep], ys[keep])
+    # A field stop is a large disc, lit inside and dark outside. Dark stain in a dense
+    # field (the 1712x1368 ALL-IDB1 photos) can leave a lit "region" whose edge is
+    # anything but that: then there is no stop.
+    yy, xx = np.mgrid[0:sh, 0:sw]
+    disc = np.hypot(xx + 0.5 - cx, yy + 0.5 - cy) <= r
+    outside_dark = float(dark[~disc].mean()) if (~disc).any() else 0.0
+    if r < MIN_STOP_RADIUS * np.hypot(sw, sh) / 2 or dark[disc].mean() > 0.05 or outside_dark < 0.8:
+        return FieldOfView.whole(w, h)
     r *= 1.0 - RIM_MARGIN
     return FieldOfView(w, h, cx / scale, cy / scale, r / scale, True)
 

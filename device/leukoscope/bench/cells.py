@@ -3,12 +3,12 @@
     leukoscope bench-cells --bundle CELLS_BUNDLE [--image PHOTO] [--threads 1]
         [--runs 15] [--px-per-um SCALE] [--report report.md]
 
-The stages are the device's own (the cells bundle's `CellAnalyser`, as `pipeline.analyse`
-runs it after the quality gate): scale from the red cells and white-cell detection, the crops
-(cut, white-balanced, filtered, normalised), one batched int8 inference of all crops,
-and the decision (slide features, score, boxes). The issue's budget, 300 ms median,
-is for those four; decoding the JPEG (at full size, as cells mode does) is printed
-beside them, and a total with it.
+The stages are the device's own, as `pipeline.analyse` runs them: the field of view (and
+flat field when the photo needs it), the scale from the red cells, the quality gate,
+white-cell detection, the crops (cut, white-balanced, filtered, normalised), one batched
+int8 inference of all crops, and the decision (slide features, score, boxes). The
+budget (issue 14), 120 ms median, is for all of them with the JPEG's decode (at full
+size, as cells mode does).
 
 Without --image the still is synthetic: 2592x1944 at 6 px/um (the scale of an ALL-IDB1
 photo) with about 50 white cells, a busy field.
@@ -27,18 +27,23 @@ import numpy as np
 
 from leukoscope.analysis.analysers import CellAnalyser
 from leukoscope.analysis.detection import estimate_scale
+from leukoscope.analysis.field_of_view import prepare_field
 from leukoscope.bench.whole_field import jpeg_bytes, publish
 from leukoscope.core.errors import BundleError, ImageError
 from leukoscope.core.imageio import load_image
 from leukoscope.core.synthetic import make_smear
-from leukoscope.model.bundle import load_bundle
+from leukoscope.model.bundle import Bundle, load_bundle
+from leukoscope.pipeline import analyse
 
-#: The issue's budget for the whole cell analysis of one still (ms, median).
-BUDGET_MS = 300.0
-#: The analysis stages, as `analyse_cells` times them.
-STAGES = ("detect", "crops", "inference", "decision")
+#: The issue's budget for the whole analysis of one still with its decode (ms, median).
+BUDGET_MS = 120.0
+#: The analysis stages, as `pipeline.analyse` times them.
+STAGES = ("field", "scale", "quality", "detect", "crops", "inference", "decision")
 STAGE_NAMES = {
-    "detect": "scale from red cells + white-cell detection",
+    "field": "field of view (and flat field when needed)",
+    "scale": "scale from the red cells",
+    "quality": "quality gate",
+    "detect": "white-cell detection",
     "crops": "crops (cut, white balance, filters, normalise)",
     "inference": "inference, all crops in one batch",
     "decision": "decision (features, score, boxes)",
@@ -57,16 +62,20 @@ def _median(values: list[float]) -> float:
 
 def run_bench(
     jpeg: bytes,
-    analyser: CellAnalyser,
+    bundle: Bundle,
     runs: int,
     *,
     px_per_um: float | None = None,
 ) -> dict[str, Any]:
-    """Time the cell analysis `runs` times (after one warm-up); medians per stage."""
+    """Time the gated cell analysis `runs` times (after one warm-up); medians per stage."""
+    analyser = bundle.analyser
+    if not isinstance(analyser, CellAnalyser):
+        raise BundleError("bench-cells needs a cells bundle")
     rgb = load_image(jpeg)
-    first = analyser.analyse_cells(rgb, px_per_um=px_per_um)  # warm-up (allocates the batch)
-    if first.report is None or first.retake is not None:
-        raise ImageError(f"the bench photo is a retake ({first.retake}): nothing to time")
+    first = analyse(rgb, bundle, None, px_per_um=px_per_um)  # warm-up (allocates the batch)
+    if first.cells is None or first.verdict.value == "retake":
+        reasons = ", ".join(first.retake_reasons)
+        raise ImageError(f"the bench photo is a retake ({reasons}): nothing to time")
     per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
     totals, decodes, decodes_half, with_decode = [], [], [], []
     half = (rgb.shape[1] // 2, rgb.shape[0] // 2)
@@ -74,7 +83,7 @@ def run_bench(
         t0 = time.perf_counter()
         image = load_image(jpeg)
         t1 = time.perf_counter()
-        result = analyser.analyse_cells(image, px_per_um=px_per_um)
+        result = analyse(image, bundle, None, px_per_um=px_per_um)
         t2 = time.perf_counter()
         decodes.append((t1 - t0) * 1000)
         totals.append((t2 - t1) * 1000)
@@ -88,9 +97,9 @@ def run_bench(
     if px_per_um is None:
         for _ in range(runs):
             t0 = time.perf_counter()
-            estimate_scale(rgb)
+            estimate_scale(prepare_field(rgb).rgb)
             scale_ms.append((time.perf_counter() - t0) * 1000)
-    report = first.report
+    report = first.cells
     total = _median(totals)
     return {
         "input": list(analyser.params.input_size),
@@ -110,7 +119,7 @@ def run_bench(
         "decode_half_ms": _median(decodes_half),
         "total_with_decode_ms": _median(with_decode),
         "budget_ms": BUDGET_MS,
-        "within_budget": total < BUDGET_MS,
+        "within_budget": _median(with_decode) < BUDGET_MS,
     }
 
 
@@ -136,17 +145,17 @@ def format_report(r: dict[str, Any], image: str) -> str:
             name = f"inference, {r['n_classified']} crops in one batch, {r['threads']} thread(s)"
         lines.append(f"| {name} | {r['stages_ms'][s]:.1f} |")
     lines.append(f"| **total: cell analysis** | **{r['total_ms']:.1f}** |")
+    lines.append(f"| **total with the full-size decode** | **{r['total_with_decode_ms']:.1f}** |")
     if r["of_which_scale_ms"] is not None:
         lines.append(
             f"| (of the first stage: scale from red cells) | {r['of_which_scale_ms']:.1f} |"
         )
     lines += [
-        f"| JPEG decode, full size (not in the budget) | {r['decode_full_ms']:.1f} |",
+        f"| JPEG decode, full size | {r['decode_full_ms']:.1f} |",
         f"| (JPEG decode at half size, for comparison) | {r['decode_half_ms']:.1f} |",
-        f"| total with the full-size decode | {r['total_with_decode_ms']:.1f} |",
         "",
         f"{'within' if r['within_budget'] else 'OVER'} the {r['budget_ms']:.0f} ms budget "
-        "(cell analysis: detection, crops, batched int8 inference, decision)",
+        "(decode, field, scale, quality, detection, crops, batched int8 inference, decision)",
     ]
     return "\n".join(lines) + "\n"
 
@@ -179,7 +188,7 @@ def print_bench(
         "bundle": bundle.label,
         "runtime": bundle.classifier.runtime,
         "threads": bundle.classifier.num_threads,
-        **run_bench(jpeg, bundle.analyser, runs, px_per_um=px_per_um),
+        **run_bench(jpeg, bundle, runs, px_per_um=px_per_um),
     }
     publish(format_report(result, str(image) if image else "synthetic still"), result, report)
     return 0
