@@ -19,8 +19,11 @@ import pytest
 from leukoscope.analysis.cells import CellSettings, SlideFeatures, slide_score
 from leukoscope_tools.cli import main
 from leukoscope_tools.data.annotations import MATCH_UM, read_xyc
+from leukoscope_tools.data.cell_augment import LabJitter, lab_jitter
 from leukoscope_tools.data.cells import (
+    CACHE_VERSION,
     DEFAULT_SPLIT,
+    PBC,
     SOURCES,
     CellRow,
     CellSet,
@@ -33,15 +36,19 @@ from leukoscope_tools.data.cells import (
 )
 from leukoscope_tools.data.photos import Row, read_table, write_table
 from leukoscope_tools.evaluate.cell_compare import compare, paired_auc_diff, render, spread, verdict
+from leukoscope_tools.evaluate.cell_sources import judge
 from leukoscope_tools.evaluate.detection import (
     SlideResult,
     format_whole_field_split,
     whole_field_split,
 )
 from leukoscope_tools.ship.cells import render_card
+from leukoscope_tools.train.cell_cut import choose_cell_cut
 from leukoscope_tools.train.cells import (
     cell_weights,
     lower_magnification,
+    mil_candidates,
+    most_suspicious,
     select,
     symmetries,
 )
@@ -63,19 +70,28 @@ REPO = Path(__file__).resolve().parent.parent
 def test_idb1_labels_match_blasts_and_leave_the_rest_unknown() -> None:
     detected = np.array([[100.0, 100.0], [300.0, 300.0], [500.0, 120.0]])
     blasts = np.array([[104.0, 98.0], [900.0, 900.0]])  # the second has no detection
-    y, missed = label_idb1_cells(detected, blasts, px_per_um=1.0, healthy=False)
+    y, missed, _ = label_idb1_cells(detected, blasts, px_per_um=1.0, healthy=False)
     assert y.tolist() == [1, -1, -1]
     assert missed == [1]
     # MATCH_UM is in micrometres: at 10 px/um the same 4.5 px offset is well inside,
     # at 0.5 px/um a 6 um radius is 3 px and the blast is missed.
-    y_far, missed_far = label_idb1_cells(detected, blasts, px_per_um=0.5, healthy=False)
+    y_far, missed_far, _ = label_idb1_cells(detected, blasts, px_per_um=0.5, healthy=False)
     assert y_far.tolist() == [-1, -1, -1] and missed_far == [0, 1]
 
 
 def test_healthy_slide_cells_are_other_whatever_lies_near() -> None:
     detected = np.array([[10.0, 10.0], [50.0, 50.0]])
-    y, missed = label_idb1_cells(detected, np.zeros((0, 2)), px_per_um=10.0, healthy=True)
+    y, missed, _ = label_idb1_cells(detected, np.zeros((0, 2)), px_per_um=10.0, healthy=True)
     assert y.tolist() == [0, 0] and missed == []
+
+
+def test_idb1_cells_at_other_marked_points_are_non_blasts_unless_at_a_blast() -> None:
+    detected = np.array([[100.0, 100.0], [300.0, 300.0], [500.0, 120.0]])
+    blasts = np.array([[101.0, 100.0]])
+    others = np.array([[100.0, 101.0], [302.0, 300.0]])  # the first sits on the blast too
+    y, _, at_other = label_idb1_cells(detected, blasts, 1.0, False, others)
+    assert y.tolist() == [1, 0, -1]
+    assert at_other.tolist() == [False, True, False]
 
 
 @pytest.mark.parametrize(("cls", "want"), [("benign", 0), ("early", 1), ("pre", 1), ("pro", 1)])
@@ -125,7 +141,7 @@ def _fake_set(n_photos: int = 24, seed: int = 0) -> CellSet:
             cells.append(CellRow(i, 10.0 * k, 5.0, 30.0, False, y, "fake", True))
         first += count
     crops = rng.integers(0, 255, (len(cells), 8, 8, 3), dtype=np.uint8)
-    return CellSet(crops, cells, photos, {"version": 1, "label_counts": {"a": 1}})
+    return CellSet(crops, cells, photos, {"version": CACHE_VERSION, "label_counts": {"a": 1}})
 
 
 def test_select_takes_labelled_crops_of_one_split_and_caps_kaggle_per_photo() -> None:
@@ -151,6 +167,48 @@ def test_select_takes_labelled_crops_of_one_split_and_caps_kaggle_per_photo() ->
         and cs.photos[c.photo].source == "all-idb1"
     ]
     assert sorted(only.tolist()) == want
+
+
+def test_kaggle_photo_labels_can_be_left_out_or_kept_for_benign_photos_only() -> None:
+    cs = _fake_set()
+    none = select(cs, "train", ["all-idb1", "kaggle-all"], 0, 0, kaggle_labels="none")
+    assert {cs.photos[cs.cells[i].photo].source for i in none} == {"all-idb1"}
+    mil = select(cs, "train", ["all-idb1", "kaggle-all"], 0, 0, kaggle_labels="mil")
+    kaggle = [i for i in mil if cs.photos[cs.cells[i].photo].source == "kaggle-all"]
+    assert kaggle and all(cs.cells[i].y_cell == 0 for i in kaggle)
+
+
+class _MeanModel:
+    """A fake classifier: a crop's blast probability is its mean brightness."""
+
+    def __call__(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        p = np.asarray(x).mean(axis=(1, 2, 3)) / max(float(np.asarray(x).max()), 1e-9)
+        return np.stack([1 - p, p], axis=1)
+
+
+def test_mil_takes_each_leukemia_photos_most_suspicious_cell() -> None:
+    cs = _fake_set()
+    bags = mil_candidates(cs, "train")
+    assert bags and all(cs.photos[k].label == "leukemia" for k in bags)
+    photos = np.asarray(sorted(bags))
+    picked = most_suspicious(_MeanModel(), cs, bags, photos)
+    assert len(picked) == len(photos)
+    for k, i in zip(photos, picked, strict=True):
+        means = [cs.crops[j].astype(float).mean() for j in bags[int(k)]]
+        assert cs.crops[i].astype(float).mean() == max(means)
+
+
+def test_lab_jitter_is_seeded_keeps_shape_and_changes_the_look() -> None:
+    x = np.random.default_rng(1).integers(60, 200, (6, 32, 32, 3), dtype=np.uint8)
+    a = lab_jitter(x, np.random.default_rng(7))
+    b = lab_jitter(x, np.random.default_rng(7))
+    assert a.shape == x.shape and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, x)
+    off = LabJitter(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    # All off: only the HSV round trip's rounding is left.
+    same = lab_jitter(x, np.random.default_rng(7), off).astype(int)
+    assert np.abs(same - x).max() <= 3
 
 
 def test_cell_weights_balance_labels_within_each_source() -> None:
@@ -370,6 +428,9 @@ def test_real_cell_set_keeps_the_whole_field_split(shared_data: Path, small_set:
     table = {r.path: r for r in read_table(REPO / DEFAULT_SPLIT)}
     groups: dict[str, set[str]] = {}
     for ph in small_set.photos:
+        if ph.source == PBC:  # PBC's own seeded split, one group per cell
+            assert ph.group == f"{PBC}:{Path(ph.path).stem}" and ph.count == 1
+            continue
         want = table[ph.path]
         assert (ph.split, ph.group) == (want.split, want.group)
         assert ph.split in ("train", "val", "test")  # excluded photos stay out
@@ -392,6 +453,9 @@ def test_real_cell_labels_follow_their_sources(shared_data: Path, small_set: Cel
         if ph.source == "kaggle-all":
             assert all(c.y_cell == kaggle_label(ph.cls) for c in cells)
             seen.add("kaggle")
+        elif ph.source == PBC:
+            assert [c.y_cell for c in cells] == [0] and cells[0].kind == PBC
+            seen.add(PBC)
         elif ph.label == "normal":
             assert all(c.y_cell == 0 for c in cells)
         else:
@@ -401,9 +465,12 @@ def test_real_cell_labels_follow_their_sources(shared_data: Path, small_set: Cel
                 if c.y_cell == 1:
                     assert d <= MATCH_UM * ph.px_per_um + 1e-6
                     seen.add("blast")
+                elif c.kind == "xyc-other":
+                    assert c.y_cell == 0
+                    seen.add("xyc-other")
                 else:
                     assert c.y_cell == -1
-    assert seen == {"kaggle", "blast"}
+    assert seen == {"kaggle", "blast", "xyc-other", PBC}
 
 
 def test_model_card_quotes_the_comparison_and_the_parity(tmp_path: Path) -> None:
@@ -563,3 +630,30 @@ def test_detection_is_judged_on_the_whole_field_split(tmp_path: Path) -> None:
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:6] == ["2", "15", "14", "0.933", "0.900"]
     assert cells[-2:] == ["1 of 3", "5 / 5"]
+
+
+# ---------------------------------------------------------------- cell cut and sources
+
+
+def _with_kinds(cs: CellSet) -> CellSet:
+    """The fake set's ALL-IDB1 cells given ALL-IDB1's label kinds."""
+    for c in cs.cells:
+        if cs.photos[c.photo].source == "all-idb1":
+            c.kind = "xyc" if c.y_cell == 1 else "healthy-slide" if c.y_cell == 0 else "unknown"
+    return cs
+
+
+def test_cell_cut_separates_validation_cells_and_never_reads_a_left_out_source() -> None:
+    cs = _with_kinds(_fake_set(48))
+    y = cs.column("y_cell")
+    src = np.array([cs.photos[c.photo].source for c in cs.cells])
+    # ALL-IDB1: blasts at 0.8, others at 0.2; kaggle-all: everything at 0.6 or 0.4.
+    p = np.where(src == "all-idb1", np.where(y == 1, 0.8, 0.2), np.where(y == 1, 0.6, 0.4))
+    cut = choose_cell_cut(cs, p, ["all-idb1", "kaggle-all"])
+    assert 0.2 < cut <= 0.8
+    # Trained without ALL-IDB1: its cells are that run's test, so kaggle-all decides.
+    assert 0.4 < choose_cell_cut(cs, p, ["kaggle-all"]) <= 0.6
+    judged = judge(cs, p, ["kaggle-all"], 0.5, "fake", {"kaggle_labels": "mil"})
+    idb = judged["all-idb1 (left out)"]
+    assert idb["auc"] == 1.0 and idb["sensitivity"]["rate"] == 1.0
+    assert "kaggle-all photos (test)" in judged

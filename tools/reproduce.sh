@@ -7,6 +7,14 @@
 # RUNS, TABLE and LEUKOSCOPE_TOOLS_CACHE move the work folders (default under .run/).
 # Run it from the repository root: the tools' default paths (models/...) are relative to it.
 set -euo pipefail
+# Training is seeded and gives the same weights run after run on one machine. Across CPUs
+# the float sums differ when TensorFlow's oneDNN kernels take another instruction set
+# (AVX-512 against this machine's AVX2) or another thread count, and a few epochs amplify
+# that into another model. Pinned here to the development machine's: 2 threads, AVX2.
+# Not yet checked on a second machine: until it is, expect the seed spread the report gives.
+export TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-2}
+export TF_NUM_INTEROP_THREADS=${TF_NUM_INTEROP_THREADS:-2}
+export ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-AVX2}
 DATA=${1:-../shared/data}
 OUT=${2:-models/whole-field}
 SEED=${SEED:-0}
@@ -25,26 +33,35 @@ start=$(date +%s)
 "$TOOLS" bundle "$RUNS/shipped" --data "$DATA" --table "$TABLE" \
     --cross "$RUNS/cross-kaggle-all" "$RUNS/cross-all-idb1" --out "$OUT"
 "$TOOLS" evaluate "$OUT" "$DATA"
-# Cell mode (issue 8) on the same split: crops of every detected white cell, three seeds,
-# cross-source runs (three seeds each way), the comparison report, then the cells bundle.
-# About 75 min more on the shared 2-core machine. CELLS=0 skips it.
+# Cell mode (issues 8 and 13) on the same split: crops of every detected white cell with
+# labels at their true level (ALL-IDB1 blast and other marked centres, healthy slides,
+# ALL-IDB2, PBC's normal cells; kaggle-all's photo labels by multiple instances), three
+# seeds of the shipped recipe, two leave-one-source-out runs, the per-source cell report,
+# then the comparison and the cells bundle. About 75 min on the shared 2-core machine
+# (under load: up to 2 h). CELLS=0 skips it; SHIP=0 stops before replacing the bundle.
 if [ "${CELLS:-1}" = 1 ]; then
     CELLS_OUT=${CELLS_OUT:-models/default}
     CACHE=${CELL_CACHE:-build/cells}
+    E="--epoch-size 1024"
     "$TOOLS" cells dataset "$DATA" --split "$OUT/split.csv" --out "$CACHE"
     for s in 0 1 2; do
-        "$TOOLS" cells train "$CACHE" --seed "$s" --out "$CACHE/runs/both-s$s"
+        "$TOOLS" cells train "$CACHE" --seed "$s" --epochs 5 $E --out "$CACHE/runs/both-s$s"
     done
-    for s in 0 1 2; do
-        "$TOOLS" cells train "$CACHE" --seed "$s" --sources all-idb1 --epoch-size 0 \
-            --cross-splits test --out "$CACHE/runs/idb1-s$s"
-        "$TOOLS" cells train "$CACHE" --seed "$s" --sources kaggle-all --out "$CACHE/runs/kaggle-s$s"
-    done
-    # Ablation (validation only): lower-magnification blur, against seed 1 without it.
-    "$TOOLS" cells train "$CACHE" --seed 1 --lowmag 0.3 --out "$CACHE/ablation/lowmag-s1"
+    # Leave one source out (seed 0, 3 epochs to fit the time budget): without ALL-IDB1
+    # (judged on all its slides), without kaggle-all (its test photos). Leaving kaggle-all
+    # out is also "photo labels not at all"; PBC has no blasts, so leaving it out is
+    # judged by the share of its cells called blast.
+    "$TOOLS" cells train "$CACHE" --seed 0 --epochs 3 $E --sources kaggle-all pbc \
+        --out "$CACHE/loso/no-all-idb1"
+    "$TOOLS" cells train "$CACHE" --seed 0 --epochs 3 $E --sources all-idb1 pbc \
+        --cross-splits test --out "$CACHE/loso/no-kaggle-all"
+    "$TOOLS" cells sources "$CACHE" --runs "$CACHE"/runs/both-s* "$CACHE"/loso/* \
+        --fields "$CACHE"/runs/both-s* --bundle "$CELLS_OUT" --out "$CACHE/report/CELLS.md"
     "$TOOLS" cells compare "$DATA" "$CACHE" --runs "$CACHE/runs" --whole-field "$OUT" \
-        --ablations "$CACHE/ablation" --out "$CACHE/report/COMPARE.md"
-    "$TOOLS" cells ship "$DATA" "$CACHE" --runs "$CACHE/runs" \
-        --compare "$CACHE/report/COMPARE.md" --out "$CELLS_OUT"
+        --out "$CACHE/report/COMPARE.md"
+    if [ "${SHIP:-1}" = 1 ]; then
+        "$TOOLS" cells ship "$DATA" "$CACHE" --runs "$CACHE/runs" \
+            --compare "$CACHE/report/COMPARE.md" --out "$CELLS_OUT"
+    fi
 fi
 echo "reproduced $OUT${CELLS_OUT:+ and $CELLS_OUT} in $(( ($(date +%s) - start) / 60 )) min"

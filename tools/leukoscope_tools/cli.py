@@ -18,6 +18,7 @@ from leukoscope_tools.data.photos import build_table, read_table, write_table
 from leukoscope_tools.evaluate import (
     cell_compare,
     cell_experiment,
+    cell_sources,
     detection,
     sample_validation,
 )
@@ -183,6 +184,7 @@ CELL_STEPS: dict[str, tuple[ModuleType, str]] = {
     "dataset": (cell_dataset, "cache every photo's cell crops and labels"),
     "train": (cell_train, "train one cell classifier on the cached crops"),
     "compare": (cell_compare, "compare cells, whole-field and count; write COMPARE.md"),
+    "sources": (cell_sources, "judge cell runs per source and left-out source, cell by cell"),
     "ship": (cell_ship, "export the best seed and write the cells bundle"),
     "eval": (detection, "measure white-cell detection on ALL-IDB1"),
     "experiment": (cell_experiment, "the ALL-IDB1-only cell classifier experiment"),

@@ -19,8 +19,17 @@ Cell labels (1 blast, 0 other, -1 unknown) and where they come from (`kind`):
 - `kaggle-photo`: every detection on a kaggle-all photo gets the photo's class
   (benign -> other; early/pre/pro -> blast). This is label noise: a leukemia photo's
   lymphocytes and neutrophils are called blasts.
+- `xyc-other`: a detection on an ALL-IDB1 leukemia slide at one of ALL-IDB Patches' other
+  marked points (`all-idb1/xyc-other/`, within `MATCH_UM`) and at no blast centroid: a
+  non-blast white cell (most of those points are platelets, which the detector does not
+  keep; the white cells among them are what a detection there finds).
 - `unknown` (-1): the other detections on ALL-IDB1 leukemia slides; not training labels,
   but part of the photo's slide features.
+- `pbc` (source `pbc`): one PBC cell image (a healthy person's white cell, another lab,
+  stain and camera), cropped around its centre cell by `leukoscope.analysis.single_cell`
+  exactly as `leukoscope classify-cells` crops a user's cell. Each image is a one-cell
+  "photo" of its own group (PBC has no patient ids), split 60/20/20 per cell type with a
+  fixed seed. Its cell type is the photo's `cls`.
 
 Scale: ALL-IDB1 photos use the red-cell ruler. kaggle-all's 224x224 photos mostly defeat
 it, so a calibrated kaggle scale (the median ruler value over kaggle TRAIN photos where it
@@ -46,6 +55,7 @@ import numpy as np
 from leukoscope.analysis.cells import CellSettings, cell_crops, field_area_um2, select_cells
 from leukoscope.analysis.detection import Detection, WhiteCell, detect_white_cells, estimate_scale
 from leukoscope.analysis.preprocess import PreprocessParams
+from leukoscope.analysis.single_cell import centre_cell
 from leukoscope.core.errors import ImageError
 from leukoscope.core.imageio import load_image
 from leukoscope_tools.data.annotations import MATCH_UM, match, read_xyc
@@ -58,12 +68,19 @@ logger = logging.getLogger(__name__)
 #: current folder (the repository root, where the README's commands run).
 DEFAULT_SPLIT = Path("models/whole-field/split.csv")
 DEFAULT_IDB2 = Path("models/reports/all-idb2-sources.csv")
-#: The photo sources cell mode trains and judges on.
+#: The photo sources cell mode trains and judges on (whole fields: the slide model's).
 SOURCES = ("all-idb1", "kaggle-all")
+#: PBC's single normal cells: a cell-level source only (no fields, no slide features).
+PBC = "pbc"
+#: Every source a cell classifier may be trained or tested on.
+CELL_SOURCES = (*SOURCES, PBC)
+#: PBC's folder under the data root, and the seed of its 60/20/20 split.
+PBC_DIR = "pbc-normal"
+PBC_SPLIT_SEED = 2026
 #: A located ALL-IDB2 crop: its template match scored at least this.
 IDB2_MIN_SCORE = 0.9
 #: Bump when the cache's content changes meaning.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 #: The cell model's preprocessing: crops cut at 128x128, then the paper's filters.
 PRE = PreprocessParams(resize=(128, 128), input_size=(128, 128))
 KAGGLE_BENIGN = "benign"
@@ -150,17 +167,53 @@ def kaggle_label(cls: str) -> int:
 
 
 def label_idb1_cells(
-    detected: np.ndarray, blasts: np.ndarray, px_per_um: float, healthy: bool
-) -> tuple[np.ndarray, list[int]]:
+    detected: np.ndarray,
+    blasts: np.ndarray,
+    px_per_um: float,
+    healthy: bool,
+    others: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[int], np.ndarray]:
     """Cell labels of one ALL-IDB1 slide's detections and the centroids no detection matched.
 
     Healthy slide: every detection is `other` (0). Leukemia slide: detections matched to an
-    annotated blast are 1, the rest unknown (-1).
+    annotated blast are 1; of the rest, those matched to an `xyc-other` point are 0 (a
+    marked non-blast cell), the others unknown (-1). Also returns which were xyc-other.
     """
+    xy = detected.reshape(-1, 2)
+    at_other = np.zeros(len(xy), bool)
     if healthy:
-        return np.zeros(len(detected), np.int64), []
-    _, missed, used = match(blasts, detected.reshape(-1, 2), MATCH_UM * px_per_um)
-    return np.where(used, 1, -1).astype(np.int64), missed
+        return np.zeros(len(xy), np.int64), [], at_other
+    radius = MATCH_UM * px_per_um
+    _, missed, used = match(blasts, xy, radius)
+    if others is not None and len(others):
+        rest = np.flatnonzero(~used)
+        _, _, hit = match(others, xy[rest], radius)
+        at_other[rest[hit]] = True
+    y = np.where(used, 1, np.where(at_other, 0, -1)).astype(np.int64)
+    return y, missed, at_other
+
+
+def read_xyc_other(path: Path) -> np.ndarray:
+    """ALL-IDB Patches' other marked points of one slide (none if the file is absent)."""
+    return read_xyc(path) if path.is_file() else np.zeros((0, 2))
+
+
+def pbc_table(data: Path) -> list[tuple[str, str, str]]:
+    """PBC's images as (path relative to data, cell type, split), split 60/20/20 per type.
+
+    Seeded (`PBC_SPLIT_SEED`) over the sorted file names, so the split is the same on
+    every machine. PBC has no patient ids: each image is its own group.
+    """
+    rng = np.random.default_rng(PBC_SPLIT_SEED)
+    out = []
+    for folder in sorted(p for p in (data / PBC_DIR).iterdir() if p.is_dir()):
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        order = rng.permutation(len(files))
+        n_train, n_val = round(0.6 * len(files)), round(0.2 * len(files))
+        for rank, k in enumerate(order):
+            split = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+            out.append((str(files[k].relative_to(data)), folder.name, split))
+    return sorted(out)
 
 
 def calibrate_kaggle(data: Path, rows: Sequence[Row]) -> tuple[float, dict[str, int]]:
@@ -189,13 +242,13 @@ def build(
     *,
     split_path: Path = DEFAULT_SPLIT,
     idb2_path: Path = DEFAULT_IDB2,
-    sources: tuple[str, ...] = SOURCES,
+    sources: tuple[str, ...] = CELL_SOURCES,
     limit: int = 0,
 ) -> CellSet:
     """Detect, label and crop every photo of `sources` in the split (limit: photos per source)."""
     settings = CellSettings()
     for source in sources:
-        if not (data / source).is_dir():
+        if not (data / (PBC_DIR if source == PBC else source)).is_dir():
             raise FileNotFoundError(f"{data / source}: no such folder (the data root?)")
     table = [r for r in read_table(split_path) if r.source in sources]
     excluded = Counter(r.source for r in table if r.split not in SPLITS)
@@ -243,9 +296,15 @@ def build(
         else:
             healthy = r.label == "normal"
             blasts = read_xyc(data / "all-idb1" / "xyc" / f"{stem}.xyc")
-            y_cells, missed = label_idb1_cells(xy, blasts, det.scale.px_per_um, healthy)
+            others = read_xyc_other(data / "all-idb1" / "xyc-other" / f"{stem}.xyc")
+            y_cells, missed, at_other = label_idb1_cells(
+                xy, blasts, det.scale.px_per_um, healthy, others
+            )
             kinds = [
-                "healthy-slide" if healthy else ("xyc" if v == 1 else "unknown") for v in y_cells
+                "healthy-slide"
+                if healthy
+                else ("xyc" if v == 1 else "xyc-other" if o else "unknown")
+                for v, o in zip(y_cells, at_other, strict=True)
             ]
             radius = 4.0 * det.scale.px_per_um
             extra = [
@@ -310,6 +369,8 @@ def build(
                 n_crops,
                 time.perf_counter() - t0,
             )
+    if PBC in sources:
+        n_crops = _add_pbc(data, crops, cells, photos, scale_use, n_crops, limit)
     summary["scale_use"] = dict(sorted(scale_use.items()))
     summary["all_idb2"] = {**summary["all_idb2"], **dict(sorted(idb2_stats.items()))}  # type: ignore[dict-item]
     summary["seconds"] = round(time.perf_counter() - t0, 1)
@@ -317,6 +378,62 @@ def build(
     out = CellSet(arr, cells, photos, summary)
     summary["label_counts"] = label_counts(out)
     return out
+
+
+def _add_pbc(
+    data: Path,
+    crops: list[np.ndarray],
+    cells: list[CellRow],
+    photos: list[PhotoRow],
+    scale_use: Counter[str],
+    n_crops: int,
+    limit: int,
+) -> int:
+    """Append PBC's cells (one crop per image, label 0) and their one-cell photos."""
+    settings = CellSettings()
+    table = pbc_table(data)
+    if limit:
+        table = table[:limit]
+    ruler = []
+    for path, _, split in table:
+        if split == "train":
+            try:
+                ruler.append(estimate_scale(load_image(data / path)).px_per_um)
+            except ImageError:
+                continue
+    # Where its few red cells cannot be measured, a PBC image takes the analyser's
+    # calibrated scale: the median ruler value over PBC training images (one camera).
+    calibrated = float(np.median(ruler)) if ruler else None
+    for path, cls, split in table:
+        rgb = load_image(data / path)
+        cc = centre_cell(rgb, settings, PRE, default_px_per_um=calibrated)
+        scale_use[f"{PBC} {cc.scale_source}"] += 1
+        crops.append(cc.crop[None])
+        cells.append(
+            CellRow(len(photos), cc.cell.x, cc.cell.y, cc.cell.area_um2, False, 0, PBC, True)
+        )
+        photos.append(
+            PhotoRow(
+                photo=len(photos),
+                path=path,
+                source=PBC,
+                label="normal",
+                cls=cls,
+                group=f"{PBC}:{Path(path).stem}",
+                split=split,
+                width=rgb.shape[1],
+                height=rgb.shape[0],
+                px_per_um=round(cc.px_per_um, 4),
+                scale_source=cc.scale_source,
+                n_detected=int(cc.detected),
+                n_cells=1,
+                area_um2=round(field_area_um2(rgb.shape, cc.px_per_um), 2),
+                first=n_crops,
+                count=1,
+            )
+        )
+        n_crops += 1
+    return n_crops
 
 
 def label_counts(cs: CellSet) -> dict[str, int]:

@@ -41,6 +41,7 @@ from leukoscope.analysis.decision import Thresholds
 from leukoscope_tools.data.cells import SOURCES, CellSet, PhotoRow, load, y_of
 from leukoscope_tools.evaluate.field import bundle_probs
 from leukoscope_tools.metrics import binary_metrics, choose_band, roc_auc
+from leukoscope_tools.train.cell_cut import choose_cell_cut, trained_sources
 from leukoscope_tools.train.slide import (
     CELL_CUTS,
     choose_slide_model,
@@ -116,9 +117,20 @@ def cell_run(cs: CellSet, run_dir: Path, base: CellSettings | None = None) -> di
     base = base or CellSettings()
     info = json.loads((run_dir / "run.json").read_text())
     p = np.load(run_dir / "p_blast.npy")
-    trained = info["config"]["train_sources"]
+    # Fields only (PBC's one-cell images have no slide features); a run that left
+    # kaggle-all's labels out (`--kaggle-labels none`) never saw its photos either.
+    trained = [
+        s
+        for s in info["config"]["train_sources"]
+        if s in SOURCES
+        and not (s == "kaggle-all" and info["config"].get("kaggle_labels") == "none")
+    ]
     val = [ph for ph in cs.photos if ph.source in trained and ph.split == "val"]
-    settings, tried = choose_slide_model(cs, p, val, base)
+    # A run trained on cell labels (issue 13) has its cell cut chosen on validation cells;
+    # the slide model is then fitted at that cut.
+    new_style = "kaggle_labels" in info["config"]
+    cell_cut = [choose_cell_cut(cs, p, trained_sources(info["config"]))] if new_style else None
+    settings, tried = choose_slide_model(cs, p, val, base, cell_cut)
     sv = scores(photo_features(cs, p, val, settings), settings)
     cut, band = fit_band(val, sv)
     result: dict[str, Any] = {
@@ -148,7 +160,11 @@ def cell_run(cs: CellSet, run_dir: Path, base: CellSettings | None = None) -> di
     result["_test_scores"] = st  # for paired comparisons; not written out
     # The other sources' photos of the splits the run scored (`cells train --cross-splits`).
     cross_splits = info["config"].get("cross_splits", ["train", "val", "test"])
-    others = [ph for ph in cs.photos if ph.source not in trained and ph.split in cross_splits]
+    others = [
+        ph
+        for ph in cs.photos
+        if ph.source in SOURCES and ph.source not in trained and ph.split in cross_splits
+    ]
     if others:
         fo = photo_features(cs, p, others, settings)
         result["cross"] = {

@@ -1,13 +1,26 @@
 """Train the cell classifier (modified-Thanh, 128x128) on the cached cell crops.
 
 Training crops are the labelled crops of the TRAIN photos (`leukoscope-tools cells dataset`),
-of the chosen sources. kaggle-all photos each give about ten detected cells with the
-photo's (noisy) label; at most `kaggle_per_photo` of them are drawn per photo (seeded) so
-one source does not swamp the other and an epoch stays affordable on a 2-core CPU. Each
-epoch draws `epoch_size` crops, turns and flips each (the 8 symmetries of a square: a cell
-has no up or left), optionally blurs some to a lower magnification, and keeps the weights
-of the epoch with the best validation crop AUC (labelled crops of VAL photos; the mean of the
-per-source AUCs, so kaggle-all's noisy labels do not decide alone).
+of the chosen sources: cell-level labels (ALL-IDB1 blast centroids and other marked cells,
+healthy slides, ALL-IDB2, PBC's normal cells) and, by `kaggle_labels`, kaggle-all's photo
+labels:
+
+- `photo`: every kaggle cell gets its photo's label (benign -> other, ALL -> blast); at
+  most `kaggle_per_photo` per photo (seeded). A leukemia photo's lymphocytes become blasts.
+- `mil`: multiple-instance: a benign photo's cells are all `other` (capped as above); of a
+  leukemia photo only its most suspicious cell under the current model is a blast (from
+  the second epoch, `mil_photos` photos drawn per epoch). An ALL photo holds at least one
+  blast; its other cells are not claimed.
+- `none`: kaggle-all is not trained on (nor validated on): the model sees cell labels only.
+
+Each epoch draws `epoch_size` crops, turns and flips each (the 8 symmetries of a square: a
+cell has no up or left), applies a change of lab (`data.cell_augment`: stain, scale
++-25%, blur, noise, JPEG), optionally blurs some to a lower magnification, and keeps the
+weights of the epoch with the best validation score: the mean of the per-source crop AUCs
+(sources with both labels in validation), and, with PBC, the AUC of every validation blast
+against PBC's validation cells (another lab's normal cells must stay below the blasts).
+Hard negatives (PBC's lymphocytes, immature granulocytes and nucleated red cells, and
+ALL-IDB1's non-blasts, mostly lymphocytes) weigh `hard_weight` times their share.
 
     leukoscope-tools cells train build/cells --seed 0 --out build/cells/runs/both-s0
 """
@@ -27,7 +40,8 @@ import cv2
 import numpy as np
 
 from leukoscope.analysis.cells import normalise
-from leukoscope_tools.data.cells import PRE, SOURCES, CellSet, load
+from leukoscope_tools.data.cell_augment import LabJitter, lab_jitter
+from leukoscope_tools.data.cells import CELL_SOURCES, PBC, PRE, CellSet, load
 from leukoscope_tools.metrics import roc_auc
 from leukoscope_tools.train.loop import (
     Batch,
@@ -40,13 +54,26 @@ from leukoscope_tools.train.models import inference_copy
 
 logger = logging.getLogger(__name__)
 
+#: How kaggle-all's photo labels may be used (see the module docstring).
+KAGGLE_LABELS = ("photo", "mil", "none")
+#: PBC's cell types that look most like blasts (and its lymphocytes, most of a healthy
+#: field's look-alikes): weighted up in training.
+HARD_TYPES = ("lymphocyte", "ig", "erythroblast")
+
 
 @dataclass
 class CellTrainConfig:
     """Everything that decides a cell-classifier run besides the data."""
 
     seed: int = 0
-    train_sources: list[str] = field(default_factory=lambda: list(SOURCES))
+    train_sources: list[str] = field(default_factory=lambda: list(CELL_SOURCES))
+    kaggle_labels: str = "mil"
+    #: Leukemia photos whose most suspicious cell is drawn per epoch (`mil`).
+    mil_photos: int = 100
+    #: Hard negatives' weight, times their sqrt-balanced share.
+    hard_weight: float = 2.0
+    #: The change-of-lab augmentation (off: symmetries only).
+    jitter: bool = True
     max_epochs: int = 8
     patience: int = 3
     batch_size: int = 32
@@ -58,19 +85,34 @@ class CellTrainConfig:
     lowmag: float = 0.0
     lowmag_px_per_um: float = 2.2
     #: Validation crops drawn at most (seeded), to keep each epoch's check cheap.
-    max_val: int = 1500
+    max_val: int = 800
     #: Splits of the sources it is NOT trained on that are scored (cross-source test).
     cross_splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
 
 
-def select(cs: CellSet, split: str, sources: list[str], per_photo: int, seed: int) -> np.ndarray:
-    """Indices of labelled crops of `split` photos from `sources` (kaggle capped per photo)."""
+def select(
+    cs: CellSet,
+    split: str,
+    sources: list[str],
+    per_photo: int,
+    seed: int,
+    kaggle_labels: str = "photo",
+) -> np.ndarray:
+    """Indices of labelled crops of `split` photos from `sources` (kaggle capped per photo).
+
+    `kaggle_labels` "mil" leaves out leukemia photos' cells (their blast is drawn per
+    epoch), "none" every kaggle-all cell.
+    """
     rng = np.random.default_rng(seed)
     by_photo: dict[int, list[int]] = {}
     for i, c in enumerate(cs.cells):
         if c.y_cell < 0:
             continue
         p = cs.photos[c.photo]
+        if p.source == "kaggle-all" and (
+            kaggle_labels == "none" or (kaggle_labels == "mil" and c.y_cell == 1)
+        ):
+            continue
         if p.split == split and p.source in sources:
             by_photo.setdefault(c.photo, []).append(i)
     out: list[int] = []
@@ -90,6 +132,42 @@ def cell_weights(cs: CellSet, idx: np.ndarray) -> np.ndarray:
     return sqrt_balanced_weights(
         [(cs.photos[cs.cells[i].photo].source, cs.cells[i].y_cell) for i in idx]
     )
+
+
+def is_hard(cs: CellSet, i: int) -> bool:
+    """A hard negative: a PBC lymphocyte, immature granulocyte or nucleated red cell, or an
+    ALL-IDB1 non-blast (most are lymphocytes)."""
+    c = cs.cells[i]
+    p = cs.photos[c.photo]
+    if c.y_cell != 0:
+        return False
+    return (p.source == PBC and p.cls in HARD_TYPES) or p.source == "all-idb1"
+
+
+def mil_candidates(cs: CellSet, split: str) -> dict[int, np.ndarray]:
+    """A kaggle-all leukemia photo's detected cells, per photo, for multiple-instance labels."""
+    out: dict[int, list[int]] = {}
+    for i, c in enumerate(cs.cells):
+        p = cs.photos[c.photo]
+        if p.source == "kaggle-all" and p.split == split and c.y_cell == 1 and c.detected:
+            out.setdefault(c.photo, []).append(i)
+    return {k: np.asarray(v, np.int64) for k, v in sorted(out.items())}
+
+
+def most_suspicious(
+    model: Any, cs: CellSet, bags: dict[int, np.ndarray], photos: np.ndarray
+) -> np.ndarray:
+    """Of each chosen photo's cells, the one the model finds most blast-like."""
+    idx = np.concatenate([bags[int(k)] for k in photos]) if len(photos) else np.zeros(0, int)
+    if not len(idx):
+        return idx
+    p = predict(model, np.asarray(cs.crops[idx]))
+    out, at = [], 0
+    for k in photos:
+        n = len(bags[int(k)])
+        out.append(idx[at + int(np.argmax(p[at : at + n]))])
+        at += n
+    return np.asarray(out, np.int64)
 
 
 def symmetries(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -140,16 +218,24 @@ class CellRun:
 
 def fit(cs: CellSet, cfg: CellTrainConfig) -> CellRun:
     """Train one seed on `cfg.train_sources`' train crops; early-stop on val crop AUC."""
-    tr = select(cs, "train", cfg.train_sources, cfg.kaggle_per_photo, cfg.seed)
-    va = select(cs, "val", cfg.train_sources, cfg.kaggle_per_photo, cfg.seed + 1000)
+    if cfg.kaggle_labels not in KAGGLE_LABELS:
+        raise ValueError(f"kaggle_labels must be one of {KAGGLE_LABELS}, got {cfg.kaggle_labels}")
+    tr = select(cs, "train", cfg.train_sources, cfg.kaggle_per_photo, cfg.seed, cfg.kaggle_labels)
+    # Validation keeps kaggle-all's photo labels (capped) unless kaggle-all is left out.
+    val_labels = "none" if cfg.kaggle_labels == "none" else "photo"
+    va = select(cs, "val", cfg.train_sources, cfg.kaggle_per_photo, cfg.seed + 1000, val_labels)
+    mil = cfg.kaggle_labels == "mil" and "kaggle-all" in cfg.train_sources
+    bags = mil_candidates(cs, "train") if mil else {}
+    bag_keys = np.asarray(sorted(bags), np.int64)
     rng = np.random.default_rng(cfg.seed)
     if len(va) > cfg.max_val:
         va = np.sort(rng.choice(va, cfg.max_val, replace=False))
     y_all = cs.column("y_cell")
     y_tr, y_va = y_all[tr], y_all[va]
+    if mil:
+        y_tr = np.concatenate([y_tr, [1]])  # the photos' drawn blasts
     if len(set(y_tr.tolist())) < 2 or len(set(y_va.tolist())) < 2:
         raise ValueError("training and validation need both blast and other crops")
-    w_tr = cell_weights(cs, tr)
     x_va = np.asarray(cs.crops[va])
     src_va = np.array([cs.photos[cs.cells[i].photo].source for i in va])
     counts = {
@@ -163,15 +249,29 @@ def fit(cs: CellSet, cfg: CellTrainConfig) -> CellRun:
     model = new_model("thanh", cfg.seed, cfg.learning_rate, "sparse_categorical_crossentropy")
 
     def draw(epoch: int) -> Batch:
-        n = len(tr)
+        pool = tr
+        if mil and epoch > 0:
+            k = min(cfg.mil_photos, len(bag_keys))
+            chosen = np.sort(rng.choice(bag_keys, k, replace=False))
+            pool = np.concatenate([tr, most_suspicious(model, cs, bags, chosen)])
+        n = len(pool)
         pick = rng.permutation(n)[: cfg.epoch_size] if 0 < cfg.epoch_size < n else np.arange(n)
-        xb = symmetries(np.asarray(cs.crops[tr[pick]]), rng)
+        idx = pool[pick]
+        hard = np.array([is_hard(cs, int(i)) for i in idx])
+        w = cell_weights(cs, idx) * np.where(hard, np.float32(cfg.hard_weight), np.float32(1.0))
+        xb = symmetries(np.asarray(cs.crops[idx]), rng)
+        if cfg.jitter:
+            xb = lab_jitter(xb, rng, LabJitter())
         xb = lower_magnification(xb, rng, cfg.lowmag, cfg.lowmag_px_per_um)
-        return Batch(normalise(xb, PRE), y_tr[pick], w_tr[pick])
+        return Batch(normalise(xb, PRE), y_all[idx], (w / w.mean()).astype(np.float32))
 
     def validate(m: Any) -> Validation:
         pv = predict(m, x_va)
         per_source = {s: roc_auc(y_va[src_va == s], pv[src_va == s]) for s in sorted(set(src_va))}
+        if PBC in per_source:
+            # Another lab's normal cells against every blast: the cross-lab check.
+            lab = (y_va == 1) | (src_va == PBC)
+            per_source[f"blasts vs {PBC}"] = roc_auc(y_va[lab], pv[lab])
         found = [a for a in per_source.values() if a is not None]
         # Each source counts the same: pooled, kaggle-all's noisy photo labels would decide.
         auc = float(np.mean(found)) if found else None
@@ -250,7 +350,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("cells", type=Path, help="the `cells dataset` cache folder")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
+    ap.add_argument("--sources", nargs="+", default=list(CELL_SOURCES), choices=CELL_SOURCES)
+    ap.add_argument("--kaggle-labels", choices=KAGGLE_LABELS, default=CellTrainConfig.kaggle_labels)
+    ap.add_argument("--hard-weight", type=float, default=CellTrainConfig.hard_weight)
+    ap.add_argument("--no-jitter", action="store_true", help="symmetries only")
     ap.add_argument("--epochs", type=int, default=CellTrainConfig.max_epochs)
     ap.add_argument("--epoch-size", type=int, default=CellTrainConfig.epoch_size)
     ap.add_argument("--kaggle-per-photo", type=int, default=CellTrainConfig.kaggle_per_photo)
@@ -268,6 +371,9 @@ def run_command(args: argparse.Namespace) -> int:
     cfg = CellTrainConfig(
         seed=args.seed,
         train_sources=list(args.sources),
+        kaggle_labels=args.kaggle_labels,
+        hard_weight=args.hard_weight,
+        jitter=not args.no_jitter,
         max_epochs=args.epochs,
         epoch_size=args.epoch_size,
         kaggle_per_photo=args.kaggle_per_photo,

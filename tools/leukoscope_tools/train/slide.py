@@ -147,11 +147,13 @@ def choose_slide_model(
     p_blast: np.ndarray,
     val: Sequence[PhotoRow],
     base: CellSettings,
+    cuts: Sequence[float] | None = None,
 ) -> tuple[CellSettings, dict[str, float]]:
     """The cell cut and logistic weights, both from validation photos only.
 
-    Returns the settings and each tried cut's criterion (mean per-source AUC); ties go
-    to the cut nearest 0.5.
+    `cuts`: the cell cuts to try (default: `CELL_CUTS` and the probabilities' deciles; a
+    cut chosen on validation cells is passed alone). Returns the settings and each tried
+    cut's criterion (mean per-source AUC); ties go to the cut nearest 0.5.
     """
     y = y_of(val)
     sources = [ph.source for ph in val]
@@ -159,7 +161,7 @@ def choose_slide_model(
     # probabilities crowd around one value gets cuts where they are.
     p = np.concatenate([p_blast[ph.first : ph.first + ph.count] for ph in val])
     deciles = np.round(np.quantile(p, np.linspace(0.1, 0.9, 9)), 3) if p.size else []
-    cuts = sorted({*CELL_CUTS, *(float(d) for d in deciles)})
+    cuts = sorted({*CELL_CUTS, *(float(d) for d in deciles)}) if cuts is None else list(cuts)
     best: tuple[float, float, CellSettings] | None = None
     tried: dict[str, float] = {}
     for cut in cuts:
