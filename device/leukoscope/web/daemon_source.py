@@ -24,6 +24,7 @@ from typing import Any
 
 import cv2
 
+from leukoscope.analysis.quality import RetakeReason, measure
 from leukoscope.appliance.daemon import Daemon, NotReadyError
 from leukoscope.appliance.records import Record, RecordFilter, RecordPage, RecordReader
 from leukoscope.appliance.samples import CellReview, Sample, SampleCell, SampleError, SampleReader
@@ -212,7 +213,9 @@ class DaemonSource:
         bgr = cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)
         ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, PREVIEW_JPEG_QUALITY])
         if ok:
-            good = frame.focus >= self.cfg.quality.min_focus
+            # Good enough: focused and exposed (a black frame is not "in focus").
+            bad = {RetakeReason.TOO_DARK, RetakeReason.TOO_BRIGHT, RetakeReason.OUT_OF_FOCUS}
+            good = not bad & set(self.cfg.quality.check(measure(frame.rgb)))
             self._preview = Preview(buf.tobytes(), frame.focus, good, False, frame.taken_at)
             self._preview_error = None
         self._first_preview.set()

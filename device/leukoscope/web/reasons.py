@@ -13,6 +13,7 @@ RETAKE_REASONS = {
     "empty-field": "empty field: move to a field with cells",
     "no-stained-cells": "no stained cells: check the stain",
     "out-of-focus": "out of focus: focus, then retake",
+    "scale-changed": "scale differs from the calibration: zoom or objective changed?",
     **{str(code): words for code, words in RETAKE_MESSAGES.items()},
 }
 
