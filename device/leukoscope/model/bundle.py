@@ -20,7 +20,7 @@ import numpy as np
 
 from leukoscope.analysis.analysers import Analyser, CellAnalyser, WholeFieldAnalyser
 from leukoscope.core.errors import BundleError, ImageError
-from leukoscope.core.fsutil import read_regular_file
+from leukoscope.core.fsutil import LinkInBundleError, read_regular_file, refuse_links
 from leukoscope.model.classifier import TFLiteClassifier
 from leukoscope.model.manifest import (
     MODEL_FILE,
@@ -93,11 +93,15 @@ class Bundle:
 def _check_files(root: Path, manifest: Manifest) -> dict[str, bytes]:
     contents: dict[str, bytes] = {}
     for rel, want in sorted(manifest.files.items()):
-        path = root / rel
         try:
-            data = read_regular_file(path, MAX_FILE_BYTES)
+            data = read_regular_file(refuse_links(root, rel), MAX_FILE_BYTES, follow=False)
         except FileNotFoundError:
             raise BundleError(f"{root}: missing file {rel}") from None
+        except LinkInBundleError as exc:
+            link = Path(exc.filename).relative_to(root)
+            raise BundleError(
+                f"{root}: {link} is a symbolic link: a bundle holds its own files"
+            ) from None
         except OSError as exc:
             raise BundleError(f"{root}: cannot read {rel} ({exc.strerror})") from None
         got = sha256_bytes(data)

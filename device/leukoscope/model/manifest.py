@@ -406,4 +406,6 @@ def read_manifest(root: Path) -> Manifest:
         raise BundleError(
             f"{path}: bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:  # a manifest is a few levels deep; thousands are an attack
+        raise BundleError(f"{path}: bad JSON: nested too deeply") from None
     return parse_manifest(raw, str(path))

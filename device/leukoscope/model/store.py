@@ -30,7 +30,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import struct
 import subprocess
 import tempfile
@@ -42,7 +41,7 @@ from typing import Any
 
 from leukoscope.config import Config
 from leukoscope.core.errors import BundleError, LeukoscopeError
-from leukoscope.core.fsutil import fsync_dir
+from leukoscope.core.fsutil import LinkInBundleError, fsync_dir, open_regular, refuse_links
 from leukoscope.model.bundle import load_bundle
 from leukoscope.model.manifest import MANIFEST, Manifest, read_manifest, sha256_file
 
@@ -117,17 +116,21 @@ class Version:
         }
 
 
-def _copy_file(src: Path, dst: Path) -> None:
-    """Copy one regular file (never through a link) and fsync it."""
+def _copy_file(src_root: Path, rel: str, dst: Path) -> None:
+    """Copy one regular file of a bundle (never a pipe, never through a link) and fsync it."""
+    src = src_root / rel
     try:
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = open_regular(refuse_links(src_root, rel), follow=False)
     except FileNotFoundError:
-        raise BundleError(f"{src.parent}: missing file {src.name}") from None
+        raise BundleError(f"{src_root}: missing file {rel}") from None
+    except LinkInBundleError as exc:
+        link = Path(exc.filename).relative_to(src_root)
+        raise BundleError(
+            f"{src_root}: {link} is a symbolic link: a bundle holds its own files"
+        ) from None
     except OSError as exc:
         raise BundleError(f"{src}: cannot read ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as fin:
-        if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
-            raise BundleError(f"{src}: not a regular file")
         dst.parent.mkdir(parents=True, exist_ok=True)
         with dst.open("wb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
@@ -490,7 +493,7 @@ class ModelStore:
     def _add(self, src: Path, manifest_sha: str, vid: str, report: Reporter) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.versions))
         try:
-            _copy_file(src / MANIFEST, tmp / MANIFEST)
+            _copy_file(src, MANIFEST, tmp / MANIFEST)
             if sha256_file(tmp / MANIFEST) != manifest_sha:
                 raise BundleError(f"{src}: {MANIFEST} changed while it was being installed")
             names = sorted(read_manifest(tmp).files)
@@ -498,7 +501,7 @@ class ModelStore:
                 names.append(SIGNATURE_FILE)
             report(f"copying {len(names)} files into the store")
             for i, rel in enumerate(names):
-                _copy_file(src / rel, tmp / rel)
+                _copy_file(src, rel, tmp / rel)
                 if i == len(names) // 2:
                     self._step("copy")
             # Everything below checks the copy, so what was checked is what is installed.
