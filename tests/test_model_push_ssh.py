@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,100 +31,20 @@ import pytest
 from leukoscope.appliance.control import ControlError, request
 from leukoscope.model.manifest import MODEL_FILE, sha256_file
 from leukoscope.model.store import SIGNATURE_FILE
+from tests.ssh_helpers import SKIP_NO_SSH, Sshd, free_port, running_sshd
 from tests.test_modelstore import keys, signed  # noqa: F401 - shared fixtures
 
 BIN = Path(sys.executable).parent
 FAULTY = Path(__file__).with_name("faulty_leukoscope.py")
-SSHD = shutil.which("sshd") or next(
-    (p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.access(p, os.X_OK)), None
-)
-MISSING = [n for n, p in (("sshd", SSHD), ("ssh", shutil.which("ssh")),
-                          ("scp", shutil.which("scp")), ("ssh-keygen", shutil.which("ssh-keygen")))
-           if p is None]  # fmt: skip
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        bool(MISSING),
-        reason=f"OpenSSH missing ({', '.join(MISSING)}): tools/install-test-deps.sh installs "
-        "openssh-server and openssh-client",
-    ),
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Sshd:
-    """A private sshd and what a client needs to reach it."""
-
-    port: int
-    user: str
-    key: Path
-    known_hosts: Path
-
-    def push_args(self) -> list[str]:
-        return [
-            "-p", str(self.port), "-i", str(self.key),
-            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-        ]  # fmt: skip
-
-    def ssh(self, command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ssh", "-p", str(self.port), "-i", str(self.key), "-o", "BatchMode=yes",
-             "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-             f"{self.user}@127.0.0.1", command],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+pytestmark = [pytest.mark.slow, SKIP_NO_SSH]
+_free_port = free_port
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     """sshd -D on 127.0.0.1 with a throwaway host key; only a throwaway user key may log in."""
-    assert SSHD is not None
-    d = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "user_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
-                       check=True)  # fmt: skip
-    (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
-    port = _free_port()
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {(d / 'host_key.pub').read_text()}")
-    user = os.environ.get("USER") or subprocess.check_output(["id", "-un"], text=True).strip()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\n"
-        f"PidFile {d / 'sshd.pid'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
-        "StrictModes no\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n"
-        f"AllowUsers {user}\nSubsystem sftp internal-sftp\nLogLevel ERROR\n"
-    )
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-    proc = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
-        stdout=subprocess.DEVNULL, stderr=(d / "sshd.log").open("w"),
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                pytest.skip(f"sshd would not start: {(d / 'sshd.log').read_text().strip()}")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"sshd did not listen on port {port}")
-            time.sleep(0.1)
-        yield Sshd(port, user, d / "user_key", d / "known_hosts")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
 
 
 @dataclass
