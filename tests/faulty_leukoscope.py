@@ -1,6 +1,7 @@
 """`leukoscope` with a fault injected into model installs, for the crash tests.
 
-    python tests/faulty_leukoscope.py crash:STEP|corrupt-after-switch ARGS...
+    python tests/faulty_leukoscope.py FAULT ARGS...
+    FAULT: crash:STEP | corrupt-after-switch | camera-gone-after-switch
 
 runs `leukoscope ARGS...` whose model store SIGKILLs itself when an install reaches STEP
 (`leukoscope.model.store.STEPS`), or truncates the new model right after the switch, as a
@@ -44,6 +45,18 @@ def corrupt_after_switch(store_dir: Path) -> Callable[[str], None]:
     return on_step
 
 
+def camera_gone_after_switch() -> Callable[[str], None]:
+    """An `on_step` that renames the replay camera's folder when an install switches."""
+    from leukoscope.config import config_path, load_config
+
+    def on_step(reached: str) -> None:
+        folder = load_config(config_path(None)).camera.replay.folder
+        if reached == "reload" and folder is not None and folder.is_dir():
+            folder.rename(folder.with_name(folder.name + ".gone"))
+
+    return on_step
+
+
 def _with_fault(fault: str) -> None:
     """Make every ModelStore this process builds carry the fault."""
     original = model_store.ModelStore.__init__
@@ -52,6 +65,8 @@ def _with_fault(fault: str) -> None:
         original(self, *args, **kwargs)
         if fault == "corrupt-after-switch":
             self._on_step = corrupt_after_switch(self.root)
+        elif fault == "camera-gone-after-switch":
+            self._on_step = camera_gone_after_switch()
         elif fault.startswith("crash:"):
             self._on_step = kill_at(fault.removeprefix("crash:"))
         else:
