@@ -18,7 +18,8 @@ does not gain fake detail from rounding. Metrics (all on the working copy):
     or yellow (green is not the largest channel): the purple and pink of a Romanowsky stain.
   - `content`: fraction of pixels whose luma is more than 18 away from the median luma
     (the background): cells of any colour; near 0 for a blank slide.
-  - `sharpness` (only when the photo's scale is known, as in cells mode): the same
+  - `sharpness` (only when the photo's scale is known, as in cells mode, and at least
+    `SHARP_PX_PER_UM`; coarser photos are judged by `focus`): the same
     Laplacian energy measured at two physical scales, `SHARP_PX_PER_UM` px/um (or the
     photo's own scale, if coarser) over half that. Blur removes the fine scale's detail
     far more than the coarse one's, whatever the field shows, so it judges focus against
@@ -249,7 +250,13 @@ def measure(
         focus=focus,
         stain=float(np.count_nonzero(stained)) / n,
         content=float(np.count_nonzero(np.abs(luma_in - median) > _CONTENT_DELTA)) / n,
-        sharpness=None if px_per_um is None else sharpness(rgb, px_per_um, fov),
+        # Below SHARP_PX_PER_UM the photo's own pixels are coarser than the detail the
+        # measure looks for (224x224 kaggle-all fields, 2.1 px/um): `focus` judges those.
+        sharpness=(
+            None
+            if px_per_um is None or px_per_um < SHARP_PX_PER_UM
+            else sharpness(rgb, px_per_um, fov)
+        ),
     )
 
 
