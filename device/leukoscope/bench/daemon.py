@@ -23,7 +23,19 @@ from leukoscope.appliance.control import ControlError, request
 from leukoscope.core.synthetic import make_smear
 
 STILL_SIZE = (2592, 1944)
-STAGES = ("capture", "decode", "quality", "inference", "indicate", "trigger_to_indicator")
+STAGES = (
+    "capture",
+    "decode",
+    "field",
+    "scale",
+    "quality",
+    "detect",
+    "crops",
+    "inference",
+    "decision",
+    "indicate",
+    "trigger_to_indicator",
+)
 TARGET_MEDIAN_MS = 150.0
 TARGET_RSS_MB = 250.0
 
