@@ -152,9 +152,10 @@ def test_disk_full_is_a_fault_and_nothing_is_corrupted(
         result = proc.request({"cmd": "capture"}, timeout=60)["result"]
         assert result["saved"] is False and "space" in result["error"]
         st = proc.wait_phase("fault")
-        assert "storage" in st["faults"] and st["indicator"] == "fault-storage"
+        # Its own pattern and reason: not a broken card, a full one.
+        assert "disk-full" in st["faults"] and st["indicator"] == "fault-disk-full"
         refused = proc.request({"cmd": "capture"})
-        assert not refused["ok"] and "storage" in refused["error"]
+        assert not refused["ok"] and "disk-full" in refused["error"]
         assert proc.proc.poll() is None
         check_store(small_disk / "state")
         filler.unlink()

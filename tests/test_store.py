@@ -47,6 +47,7 @@ def rec(**kw) -> NewRecord:
         "trigger": "test",
         "outcome": "no-leukemia-suspected",
         "p_leukemia": 0.1,
+        "clock_trusted": True,
     }
     base.update(kw)
     return NewRecord(**base)
@@ -71,7 +72,7 @@ def test_retention_by_age_keeps_records(store: Store) -> None:
     old = store.add(rec(created_unix=time.time() - 40 * 86400), b"old", ".jpg")
     new = store.add(rec(), b"new", ".jpg")
     old_path = store.reader.image_file(saved(store, old))
-    assert store.enforce_retention(max_age_days=30, min_free_bytes=0) == 1
+    assert store.enforce_retention(30, 0, clock_trusted=True, not_before=0) == 1
     old_row, new_row = saved(store, old), saved(store, new)
     assert old_row.image_deleted and old_row.image_deleted_at
     assert old_path is not None and not old_path.exists()
@@ -89,7 +90,7 @@ def test_retention_by_free_space_deletes_oldest_first(
     monkeypatch.setattr(
         store_mod, "free_bytes", lambda _p: 10_000 - 100 * sum(1 for _ in _images(store))
     )
-    assert store.enforce_retention(max_age_days=36500, min_free_bytes=9_800) == 3
+    assert store.enforce_retention(36500, 9_800, clock_trusted=True) == 3
     deleted = [bool(saved(store, i).image_deleted) for i in ids]
     assert deleted[:3] == [True, True, True] and deleted[-1] is False
     assert deleted == sorted(deleted, reverse=True)  # never a newer one before an older one
@@ -319,7 +320,7 @@ def test_an_old_database_opens_keeps_its_records_and_gains_cells(tmp_path: Path)
     s = Store(db, tmp_path / "images")
     try:
         s.recover()  # the old record's image is still its own
-        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         tables = {r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"samples", "sample_fields", "cell_reviews"} <= tables
         [row] = s.reader.page(20).items

@@ -55,6 +55,7 @@ from leukoscope.appliance.state import DaemonState
 from leukoscope.capture.base import Still, decode_still
 from leukoscope.capture.owner import CameraOwner
 from leukoscope.config import Config
+from leukoscope.core.clock import ClockStatus, TimeSetMark, clock_status
 from leukoscope.core.errors import (
     CameraError,
     ImageError,
@@ -72,7 +73,13 @@ TICK_S = 0.2
 #: How long a control-socket client waits for its capture to finish.
 CAPTURE_WAIT_S = 120.0
 #: Fault parts in the order their pattern wins on the indicator.
+#: The file that says a person set the clock during this boot (in the state folder).
+CLOCK_MARK = "clock-set-this-boot"
+#: How far a browser's time may be from ours and still count as "the clock is right".
+CLOCK_AGREES_S = 5.0
+
 _FAULT_PATTERNS = {
+    "disk-full": IndicatorState.FAULT_DISK_FULL,
     "storage": IndicatorState.FAULT_STORAGE,
     "camera": IndicatorState.FAULT_CAMERA,
     "model": IndicatorState.FAULT_MODEL,
@@ -144,6 +151,9 @@ class Daemon:
         self._next_retention = 0.0
         self._next_watchdog = 0.0
         self._sample_lock = threading.Lock()
+        #: Set when a person sets (or confirms) the clock from the page during this boot.
+        self.clock_mark = TimeSetMark(cfg.paths.state_dir / CLOCK_MARK)
+        self._clock = self._check_clock()
         self.state.update(camera=camera.name, model=self._model_info(bundle))
 
     # --- triggers (any thread) -------------------------------------------------------------
@@ -447,11 +457,45 @@ class Daemon:
                 logger.error("%s fault: %s", part, message)
             self.notifier.status(self._status_line())
 
+    def _check_clock(self) -> ClockStatus:
+        """Whether the clock is trusted now; a change is logged and shown on the page."""
+        status = clock_status(self.clock_mark)
+        if status != getattr(self, "_clock", None):
+            log = logger.info if status.trusted else logger.warning
+            log("clock %s: %s", "trusted" if status.trusted else "NOT trusted", status.reason)
+            self._clock = status
+            self.state.update(clock={"trusted": status.trusted, "reason": status.reason})
+        return status
+
+    def confirm_clock(self, browser_unix: float) -> dict[str, Any]:
+        """A logged-in person's browser time: if ours agrees, the clock is trusted this boot.
+
+        Setting a wrong clock needs root (the daemon's sandbox forbids it): the reply
+        says by how much ours is off and how to set it (`sudo leukoscope set-clock`).
+        """
+        offset = time.time() - browser_unix
+        if abs(offset) <= CLOCK_AGREES_S:
+            self.clock_mark.set()
+            logger.warning("clock confirmed by a person on the status page (off by %.1f s)", offset)
+            status = self._check_clock()
+            return {"ok": True, "trusted": status.trusted, "offset_s": round(offset, 1)}
+        return {
+            "ok": False,
+            "trusted": self._check_clock().trusted,
+            "offset_s": round(offset, 1),
+            "error": (
+                f"this appliance's clock is {offset:+.0f} s off your browser's: set it with "
+                f"`sudo leukoscope set-clock --unix {browser_unix:.0f}` (or connect it to a "
+                "network with time), then confirm again"
+            ),
+        }
+
     def _housekeeping(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now >= self._next_camera_check:
             self._next_camera_check = now + self.cfg.camera.retry_interval_s
             self._check_camera()
+            self._check_clock()
             self._check_storage()
         if force or now >= self._next_retention:
             self._next_retention = now + self.cfg.retention.check_interval_s
@@ -488,14 +532,23 @@ class Daemon:
             free = free_bytes(self.store.images_dir)
         need = max(self._min_free(), 2 * self.store.last_failed_bytes)
         if free < need:
-            self._fault("storage", f"disk full ({free // 1024} KiB free, need {need // 1024})")
+            self._fault(
+                "disk-full",
+                f"disk full ({free // 1024} KiB free, need {need // 1024} KiB): retention has "
+                "deleted every image it may; something else fills the card",
+            )
         else:
             self.store.last_failed_bytes = 0
+            self._fault("disk-full", None)
             self._fault("storage", None)
 
     def _retention(self) -> None:
         try:
-            self.store.enforce_retention(self.cfg.retention.max_age_days, self._min_free())
+            self.store.enforce_retention(
+                self.cfg.retention.max_age_days,
+                self._min_free(),
+                clock_trusted=self._check_clock().trusted,
+            )
         except StoreError as exc:
             self._fault("storage", str(exc))
 
@@ -527,7 +580,12 @@ class Daemon:
     def _capture(self, ticket: CaptureTicket) -> None:
         """Take, judge and record one still; every outcome (even a fault) is recorded."""
         timings: dict[str, float] = {}
-        rec = NewRecord(trigger=ticket.trigger, outcome="fault", sample_id=ticket.sample_id)
+        rec = NewRecord(
+            trigger=ticket.trigger,
+            outcome="fault",
+            sample_id=ticket.sample_id,
+            clock_trusted=self._check_clock().trusted,
+        )
         self._show(IndicatorState.BUSY)
         self.state.update(phase="busy")
         still: Still | None = None
@@ -601,6 +659,8 @@ class Daemon:
             "n/a" if rec.p_leukemia is None else f"{rec.p_leukemia:.3f}",
             timings["trigger_to_indicator"],
         )
+        # The phase is right by the time anyone hears the answer (not a tick later).
+        self.state.update(phase="fault" if self.state.snapshot()["faults"] else "ready")
         ticket.result = result
         ticket.done.set()
 
@@ -648,7 +708,8 @@ class Daemon:
                     logger.warning("sample %s: %s", sample_id, not_counted)
                     record_id = self.store.add(rec, data, suffix)
         except StoreError as exc:
-            self._fault("storage", str(exc))
+            full = self.store.last_failed_bytes > 0 or "full" in str(exc)
+            self._fault("disk-full" if full else "storage", str(exc))
             return {
                 "id": None,
                 "outcome": rec.outcome,

@@ -17,6 +17,7 @@
 | fault-camera          | off       | off        | fast blink | 1 long beep       |
 | fault-model           | off       | on         | fast blink | 1 long beep       |
 | fault-storage         | off       | fast blink | fast blink | 1 long beep       |
+| fault-disk-full       | off       | slow blink | fast blink | 2 long beeps      |
 | off                   | off       | off        | off        | -                 |
 
 A single photo's verdict is steady; a sample's verdict (the patient's, from all its
@@ -64,6 +65,7 @@ class IndicatorState(StrEnum):
     FAULT_CAMERA = "fault-camera"
     FAULT_MODEL = "fault-model"
     FAULT_STORAGE = "fault-storage"
+    FAULT_DISK_FULL = "fault-disk-full"
 
     @classmethod
     def for_verdict(cls, verdict: Verdict) -> IndicatorState:
@@ -128,6 +130,7 @@ PATTERNS: dict[IndicatorState, Pattern] = {
     IndicatorState.FAULT_CAMERA: Pattern(red=_FAST, beeps=_LONG_BEEP),
     IndicatorState.FAULT_MODEL: Pattern(amber="on", red=_FAST, beeps=_LONG_BEEP),
     IndicatorState.FAULT_STORAGE: Pattern(amber=_FAST, red=_FAST, beeps=_LONG_BEEP),
+    IndicatorState.FAULT_DISK_FULL: Pattern(amber=_SLOW, red=_FAST, beeps=(2, 0.6, 0.3)),
 }
 
 

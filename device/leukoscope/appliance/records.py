@@ -26,11 +26,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
+from leukoscope.core.clock import BUILD_EPOCH, FUTURE_SLACK_S
 from leukoscope.core.errors import StoreError
 from leukoscope.core.fsutil import fsync_dir
 from leukoscope.model.manifest import sha256_bytes
@@ -38,8 +39,9 @@ from leukoscope.model.manifest import sha256_bytes
 logger = logging.getLogger(__name__)
 
 #: 1: the first schema; 2: adds `cells` (the per-cell result of a `cells` bundle);
-#: 3: adds samples, their fields and cell reviews (`appliance.samples`).
-SCHEMA_VERSION = 3
+#: 3: adds samples, their fields and cell reviews (`appliance.samples`);
+#: 4: adds `clock_trusted` (whether the clock was synchronised when the record was made).
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -62,7 +64,8 @@ CREATE TABLE IF NOT EXISTS results (
     image_bytes     INTEGER,
     image_deleted   INTEGER NOT NULL DEFAULT 0,
     image_deleted_at TEXT,
-    cells           TEXT               -- JSON object (CellReport), NULL in whole-field mode
+    cells           TEXT,              -- JSON object (CellReport), NULL in whole-field mode
+    clock_trusted   INTEGER            -- 1: created_at from a synchronised clock; NULL: unknown
 );
 CREATE INDEX IF NOT EXISTS results_created ON results (created_unix);
 CREATE INDEX IF NOT EXISTS results_image ON results (image_deleted, created_unix);
@@ -115,6 +118,11 @@ MAX_CRASH_ORPHANS = 5
 MAX_CELLS_JSON_BYTES = 512 * 1024
 #: Outcomes a record can have: the four verdicts, or a fault.
 OUTCOMES = ("no-leukemia-suspected", "leukemia-suspected", "indeterminate", "retake", "fault")
+#: Images unlinked (then marked in one transaction) at a time by retention.
+RETENTION_BATCH = 16
+#: The emergency reserve: a file beside the database, released when the card is full.
+RESERVE_FILE = ".leukoscope-reserve"
+RESERVE_BYTES = 4 * 1024 * 1024
 #: Records per query when the CSV export reads every matching record.
 EXPORT_PAGE = 200
 
@@ -138,6 +146,8 @@ class NewRecord:
     model_sha256: str | None = None
     #: The per-cell result (CellReport.to_json()), None in whole-field mode.
     cells: dict[str, Any] | None = None
+    #: The clock was synchronised (or set by a person) when the record was made.
+    clock_trusted: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,6 +177,9 @@ class Record:
     #: The per-cell result (CellReport JSON), None in whole-field mode. In a listing
     #: (`RecordReader.page`, `export`) it lacks its per-cell list, `cells["cells"]`.
     cells: dict[str, Any] | None
+    #: The clock was trusted when the record was made (None: made before schema 4).
+    #: The id, not the time, orders records: it only grows, whatever the clock said.
+    clock_trusted: bool | None
 
     @property
     def has_image(self) -> bool:
@@ -202,6 +215,7 @@ class Record:
             image_deleted=bool(row["image_deleted"]),
             image_deleted_at=row["image_deleted_at"],
             cells=_decoded(row["cells"], dict),
+            clock_trusted=None if row["clock_trusted"] is None else bool(row["clock_trusted"]),
         )
 
 
@@ -304,8 +318,10 @@ def free_bytes(path: Path) -> int:
 class Store:
     """The record database and image folder. Thread-safe (one connection, one lock)."""
 
-    def __init__(self, database: Path, images_dir: Path) -> None:
-        """Open (creating if needed) the database and image folder.
+    def __init__(
+        self, database: Path, images_dir: Path, *, reserve_bytes: int = RESERVE_BYTES
+    ) -> None:
+        """Open (creating if needed) the database and image folder, and keep the reserve.
 
         Raises:
             StoreError: the folder or database cannot be created or opened.
@@ -332,6 +348,8 @@ class Store:
         self.reader = RecordReader(self.database, self.images_dir)
         #: Bytes of the last image a full disk refused, to judge when space is back.
         self.last_failed_bytes = 0
+        self.reserve_bytes = reserve_bytes
+        self.keep_reserve()
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         """Create the schema, or bring an older database up to SCHEMA_VERSION in place.
@@ -348,6 +366,8 @@ class Store:
         db.executescript(_SCHEMA)
         columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
         steps = [] if "cells" in columns else ["ALTER TABLE results ADD COLUMN cells TEXT;"]
+        if "clock_trusted" not in columns:
+            steps.append("ALTER TABLE results ADD COLUMN clock_trusted INTEGER;")
         if steps or version != SCHEMA_VERSION:
             db.executescript(
                 "BEGIN IMMEDIATE;\n"
@@ -423,7 +443,8 @@ class Store:
                     """INSERT INTO results (created_at, created_unix, trigger, sample_id,
                     outcome, p_leukemia, probabilities, retake_reasons, quality, timings_ms,
                     error, model_name, model_version, model_sha256, image_path, image_sha256,
-                    image_bytes, cells) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                    image_bytes, cells, clock_trusted)
+                    VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
                     (
                         _iso(rec.created_unix),
                         rec.created_unix,
@@ -443,6 +464,7 @@ class Store:
                         None if image is None else sha256_bytes(image),
                         None if image is None else len(image),
                         cells_text,
+                        int(rec.clock_trusted),
                     ),
                 )
                 record_id = int(cur.lastrowid or 0)
@@ -487,41 +509,115 @@ class Store:
     # --- retention and recovery -----------------------------------------------------------
 
     def _delete_images(self, rows: list[sqlite3.Row]) -> int:
+        """Unlink a batch of images, then mark their records in one transaction.
+
+        Unlinking first means retention needs no free space to start: on a full card the
+        unlinks make the room the database write needs. A crash in between leaves
+        records whose image is gone; `recover()` marks them at the next start.
+        """
         now = _iso(time.time())
-        for row in rows:
-            # Mark first, then unlink: a crash in between leaves an orphan file that
-            # recover() removes, never a record pointing to nothing.
-            self.db.execute(
-                "UPDATE results SET image_deleted = 1, image_deleted_at = ? WHERE id = ?",
-                (now, row["id"]),
-            )
-            (self.images_dir / row["image_path"]).unlink(missing_ok=True)
+        for start in range(0, len(rows), RETENTION_BATCH):
+            batch = rows[start : start + RETENTION_BATCH]
+            for row in batch:
+                (self.images_dir / row["image_path"]).unlink(missing_ok=True)
+            marks = [(now, row["id"]) for row in batch]
+            update = "UPDATE results SET image_deleted = 1, image_deleted_at = ? WHERE id = ?"
+            for attempt in (1, 2):
+                try:
+                    self.db.execute("BEGIN IMMEDIATE")
+                    self.db.executemany(update, marks)
+                    self.db.execute("COMMIT")
+                    break
+                except sqlite3.OperationalError as exc:
+                    self._rollback()
+                    if attempt == 2 or not self.release_reserve(f"retention: {exc}"):
+                        raise
         return len(rows)
 
-    def enforce_retention(self, max_age_days: float, min_free_bytes: int) -> int:
+    # --- the emergency reserve -------------------------------------------------------------
+
+    @property
+    def reserve_path(self) -> Path:
+        """A file of zeros kept beside the database, deleted when the card is full."""
+        return self.database.parent / RESERVE_FILE
+
+    def keep_reserve(self) -> None:
+        """Write the reserve file if it is missing and there is room for it (best effort)."""
+        path = self.reserve_path
+        if self.reserve_bytes <= 0 or path.exists():
+            return
+        try:
+            if free_bytes(path.parent) < 4 * self.reserve_bytes:
+                return
+            with path.open("wb") as f:
+                f.truncate(0)
+                f.write(b"\0" * self.reserve_bytes)  # real blocks, not a sparse file
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_dir(path.parent)
+        except OSError as exc:
+            logger.warning("cannot keep the %s reserve: %s", self.reserve_path, exc)
+            path.unlink(missing_ok=True)
+
+    def release_reserve(self, why: str) -> bool:
+        """Delete the reserve file to make room in an emergency; False if there was none."""
+        try:
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        logger.error("disk full: released the %d kB reserve (%s)", self.reserve_bytes // 1024, why)
+        return True
+
+    # --- retention -------------------------------------------------------------------------
+
+    def enforce_retention(
+        self,
+        max_age_days: float,
+        min_free_bytes: int,
+        *,
+        clock_trusted: bool,
+        now: float | None = None,
+        not_before: float = BUILD_EPOCH,
+    ) -> int:
         """Delete images older than `max_age_days`, then the oldest while space is short.
 
-        Records stay, marked image-deleted. Returns how many images were deleted.
+        Age is judged by sequence, not by each record's own stamp: the newest record
+        made under a trusted clock, stamped plausibly (not before `not_before`, not in the
+        future) and older than the cutoff bounds every record before it by id, whatever
+        those say. While the clock is untrusted nothing is deleted by age. Space is freed
+        oldest first by id. Records stay, marked image-deleted. Returns how many images
+        were deleted.
         """
+        now = time.time() if now is None else now
         deleted = 0
         select = (
             "SELECT id, image_path FROM results WHERE image_deleted = 0 AND image_path "
-            "IS NOT NULL {} ORDER BY created_unix, id LIMIT ?"
+            "IS NOT NULL {} ORDER BY id LIMIT ?"
         )
         try:
             with self._lock:
-                cutoff = time.time() - max_age_days * 86400.0
-                old = self.db.execute(
-                    select.format("AND created_unix < ?"), (cutoff, 10_000)
-                ).fetchall()
-                deleted += self._delete_images(old)
+                if clock_trusted:
+                    cutoff = min(now - max_age_days * 86400.0, now + FUTURE_SLACK_S)
+                    bound = self.db.execute(
+                        "SELECT MAX(id) FROM results WHERE clock_trusted = 1 "
+                        "AND created_unix >= ? AND created_unix < ?",
+                        (not_before, cutoff),
+                    ).fetchone()[0]
+                    if bound is not None:
+                        old = self.db.execute(
+                            select.format("AND id <= ?"), (bound, 10_000)
+                        ).fetchall()
+                        deleted += self._delete_images(old)
                 while free_bytes(self.images_dir) < min_free_bytes:
                     batch = self.db.execute(select.format(""), (1,)).fetchall()
                     if not batch:
+                        self.release_reserve("no image left to delete")
                         break
                     deleted += self._delete_images(batch)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"retention failed: {exc}") from None
+        if free_bytes(self.images_dir) >= min_free_bytes + 4 * self.reserve_bytes:
+            self.keep_reserve()
         if deleted:
             logger.info("retention deleted %d image(s); their records are kept", deleted)
         return deleted
@@ -547,6 +643,7 @@ class Store:
             for dirpath, dirnames, filenames in os.walk(self.images_dir):
                 if Path(dirpath) == self.images_dir:
                     dirnames[:] = [d for d in dirnames if d != TMP_DIR]
+                    filenames = [f for f in filenames if f != RESERVE_FILE]
                 for name in filenames:
                     path = Path(dirpath) / name
                     if path.relative_to(self.images_dir).as_posix() not in live:
@@ -690,8 +787,8 @@ class RecordReader:
             where.append("created_unix >= ?")
             args.append(_day_start(flt.date_from))
         if flt.date_to:
-            where.append("created_unix < ?")
-            args.append(_day_start(flt.date_to + timedelta(days=1)))
+            where.append("created_unix < ?")  # (9999-12-31 has no next day)
+            args.append(_day_start(flt.date_to) + 86400.0)
         condition = f"WHERE {' AND '.join(where)} " if where else ""
         rows = self._query(
             f"SELECT {_LISTED} FROM results {condition}ORDER BY id DESC LIMIT ?",

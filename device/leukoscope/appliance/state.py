@@ -29,6 +29,8 @@ class DaemonState:
         self.last_result: dict[str, Any] | None = None
         self.result_seq = 0
         self.counts: Counter[str] = Counter()
+        #: Whether the wall clock is trusted, and why ({"trusted", "reason"}).
+        self.clock: dict[str, Any] = {"trusted": False, "reason": "not checked yet"}
 
     def update(self, **fields: Any) -> None:
         """Set some fields at once."""
@@ -78,4 +80,5 @@ class DaemonState:
                 "result_seq": self.result_seq,
                 "counts": dict(self.counts),
                 "uptime_s": round(time.time() - self.started_unix, 1),
+                "clock": {**self.clock, "now_unix": round(time.time(), 3)},
             }
