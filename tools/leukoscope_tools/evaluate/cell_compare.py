@@ -214,7 +214,7 @@ def whole_field(
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     cut = float(manifest["metrics"]["cut"])
     band = Thresholds(manifest["thresholds"]["low"], manifest["thresholds"]["high"])
-    test = [ph for ph in cs.photos if ph.split == "test"]
+    test = [ph for ph in cs.photos if ph.source in SOURCES and ph.split == "test"]
     p = whole_field_scores(data, test, bundle_dir, cache)
     out: dict[str, Any] = {
         "_test_scores": p,
@@ -290,6 +290,8 @@ def retake_table(cs: CellSet) -> dict[str, dict[str, int]]:
     c: Counter[str] = Counter()
     n: Counter[str] = Counter()
     for ph in cs.photos:
+        if ph.source not in SOURCES:  # PBC's single cells are not fields
+            continue
         key = f"{ph.split} {ph.source} {ph.label}"
         n[key] += 1
         if ph.n_cells < CellSettings().min_cells:
@@ -310,7 +312,7 @@ def compare(
     if not runs:
         raise FileNotFoundError(f"no both-s* runs under {runs_dir}")
     main_runs = [cell_run(cs, r, base) for r in runs]
-    test = [ph for ph in cs.photos if ph.split == "test"]
+    test = [ph for ph in cs.photos if ph.source in SOURCES and ph.split == "test"]
     decided = np.array([ph.n_cells >= base.min_cells for ph in test])
     result: dict[str, Any] = {
         "dataset": cs.summary,

@@ -29,7 +29,7 @@ from leukoscope.analysis.analysers import CellAnalyser
 from leukoscope.analysis.cells import CellSettings, normalise
 from leukoscope.analysis.decision import Thresholds
 from leukoscope.model.bundle import load_bundle
-from leukoscope_tools.data.cells import PRE, SOURCES, CellSet, PhotoRow, load, y_of
+from leukoscope_tools.data.cells import CELL_SOURCES, PRE, SOURCES, CellSet, PhotoRow, load, y_of
 from leukoscope_tools.evaluate.cell_compare import (
     cross_table,
     fmt,
@@ -218,13 +218,13 @@ def ship(data: Path, cells_dir: Path, runs: Path, compare_md: Path, out: Path) -
     run_dir = runs / best["run"]
     cs = load(cells_dir)
     model = keras.models.load_model(run_dir / "model.keras")
-    idx = select(cs, "train", list(SOURCES), 2, 0)
+    idx = select(cs, "train", list(CELL_SOURCES), 2, 0)
     pick = np.sort(np.random.default_rng(0).choice(idx, min(N_REPRESENTATIVE, len(idx)), False))
     reps = normalise(np.asarray(cs.crops[pick]), PRE)
     tflite = to_int8_tflite(model, list(reps), batch=None)
     settings = CellSettings(**best["settings"])
     thresholds = Thresholds(**best["thresholds"])
-    test = [ph for ph in cs.photos if ph.split == "test"]
+    test = [ph for ph in cs.photos if ph.source in SOURCES and ph.split == "test"]
     fscore = float_scores(cs, run_dir, test, settings)
     training = {
         "arch": "thanh",
