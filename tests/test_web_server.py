@@ -75,17 +75,25 @@ def test_password_file_is_private_salted_and_verifies(tmp_path: Path):
         pf.check("anything")
 
 
-def test_login_limiter_window():
-    lim = LoginLimiter(per_client=3, overall=5, window_s=60)
+def test_login_limiter_backs_off_per_address_and_never_locks_everyone():
+    lim = LoginLimiter(free=3, base_s=10, max_s=80, forget_s=600)
     for t in range(3):
         assert lim.retry_after("a", now=float(t)) == 0
         lim.failed("a", now=float(t))
-    assert lim.retry_after("a", now=3.0) == 58
-    assert lim.retry_after("b", now=3.0) == 0  # another client is not blocked ...
-    lim.failed("b", now=4.0)
-    lim.failed("c", now=4.0)
-    assert lim.retry_after("d", now=5.0) > 0  # ... until the overall limit is reached
-    assert lim.retry_after("a", now=61.0) == 0  # and the window moves on
+    assert lim.retry_after("a", now=2.0) == 10  # the third failure: a first wait
+    lim.failed("a", now=12.0)
+    assert lim.retry_after("a", now=12.0) == 20  # then twice as long each time ...
+    for _ in range(10):
+        lim.failed("a", now=40.0)
+    assert lim.retry_after("a", now=40.0) == 80  # ... up to the longest wait
+    # Thousands of failures from other addresses never lock out one that has none.
+    for i in range(2000):
+        lim.failed(f"10.0.{i // 250}.{i % 250}", now=50.0)
+    assert lim.retry_after("b", now=50.0) == 0
+    assert lim.retry_after("a", now=200.0) == 0  # the wait ends ...
+    assert lim.retry_after("a", now=800.0) == 0  # ... and a quiet hour forgets it
+    lim.clear()  # the 5 s hold of the capture button
+    assert lim.retry_after("10.0.0.1", now=51.0) == 0
 
 
 def test_unknown_paths_over_http_are_json_404(tmp_path: Path):
@@ -127,7 +135,7 @@ def _daemon_stub(tmp_path: Path, **web: object) -> object:
     cfg = SimpleNamespace(web=WebConfig(password_file=tmp_path / "pw", **web))  # type: ignore[arg-type]
     store = SimpleNamespace(database=tmp_path / "db.sqlite3", images_dir=tmp_path / "images")
     state = SimpleNamespace(phase="ready", result_seq=0)
-    return SimpleNamespace(cfg=cfg, store=store, state=state)
+    return SimpleNamespace(cfg=cfg, store=store, state=state, lockout_clearers=[])
 
 
 def test_the_daemon_runs_on_when_its_page_cannot_listen(tmp_path: Path, caplog):

@@ -104,7 +104,8 @@ def run(cfg: Config) -> int:
             pin_factory=pin_factory,
         )
         daemon.install_signal_handlers()
-        # 5. Triggers: the control socket and the button (short press: a photo; long: a sample).
+        # 5. Triggers: the control socket and the button (short press: a photo; long: a sample;
+        # 5 s: the page's login lockouts are cleared too).
         try:
             control = ControlServer(cfg.paths.control_socket, daemon)
         except LeukoscopeError as exc:
@@ -118,6 +119,7 @@ def run(cfg: Config) -> int:
                 on_press=daemon.on_button,
                 on_long_press=daemon.on_long_press,
                 long_press_s=cfg.sample.long_press_s,
+                on_clear_hold=daemon.on_clear_hold,
             )
         except GpioError as exc:
             return _startup_fault(indicator, IndicatorState.FAULT_CAMERA, notifier, str(exc), hold)
@@ -145,9 +147,11 @@ def serve_daemon(daemon: Daemon) -> WebServer | None:
         logger.info("status page disabled in the config ([web] enabled = false)")
         return None
     source = DaemonSource(daemon)
+    app = create_app(source, cfg)
+    daemon.lockout_clearers.append(app.extensions["leukoscope"].limiter.clear)
     try:
         server = WebServer(
-            create_app(source, cfg),
+            app,
             cfg.host,
             cfg.port,
             threads=cfg.threads,

@@ -25,6 +25,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import FrameType
@@ -154,6 +155,8 @@ class Daemon:
         #: Set when a person sets (or confirms) the clock from the page during this boot.
         self.clock_mark = TimeSetMark(cfg.paths.state_dir / CLOCK_MARK)
         self._clock = self._check_clock()
+        #: What a 5 s hold of the button clears (the status page's login lockouts).
+        self.lockout_clearers: list[Callable[[], int]] = []
         self.state.update(camera=camera.name, model=self._model_info(bundle))
 
     # --- triggers (any thread) -------------------------------------------------------------
@@ -206,6 +209,18 @@ class Daemon:
         self._hold_result(IndicatorState.SAMPLE_STARTED)
         self._show(IndicatorState.SAMPLE_STARTED)
         logger.info("sample %s started by a long press", sample.id)
+
+    def on_clear_hold(self) -> None:
+        """The button held 5 s (gpiozero's thread): clear the page's login lockouts.
+
+        Someone at the bench can always get back in, however many wrong passwords the
+        LAN has sent; it is logged, like every override.
+        """
+        locked = sum(clear() for clear in self.lockout_clearers)
+        logger.warning(
+            "login lockouts cleared by holding the capture button (%d address(es) were locked)",
+            locked,
+        )
 
     # --- samples (any thread; the store serialises the writes) --------------------------------
 

@@ -52,6 +52,9 @@ class CaptureButton:
     With `on_long_press`, holding it `long_press_s` or longer calls that instead (the
     appliance starts a new sample); a short press is then known only when the button is
     let go, so `on_press` runs on release. Without it, `on_press` runs on the press.
+    With `on_clear_hold`, holding it `clear_hold_s` (5 s) also calls that, once per hold
+    (the physical override that clears the page's login lockouts): the long press
+    has already started a sample by then.
     """
 
     def __init__(
@@ -63,6 +66,8 @@ class CaptureButton:
         on_press: Callable[[], None],
         on_long_press: Callable[[], None] | None = None,
         long_press_s: float = 2.0,
+        on_clear_hold: Callable[[], None] | None = None,
+        clear_hold_s: float = 5.0,
     ) -> None:
         """Claim the pin; the callbacks run on gpiozero's threads, once per debounced press.
 
@@ -85,7 +90,10 @@ class CaptureButton:
         self._held = False
         self._on_press = on_press
         self._on_long_press = on_long_press
-        if on_long_press is None:
+        self._on_clear_hold = on_clear_hold
+        self._clear_hold_s = clear_hold_s
+        self._timer: threading.Timer | None = None
+        if on_long_press is None and on_clear_hold is None:
             self._button.when_pressed = lambda: on_press()
         else:
             self._button.when_pressed = self._pressed
@@ -95,6 +103,16 @@ class CaptureButton:
     def _pressed(self) -> None:
         with self._lock:
             self._held = False
+            if self._on_clear_hold is not None:
+                self._timer = threading.Timer(self._clear_hold_s, self._clear_hold)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _clear_hold(self) -> None:
+        with self._lock:
+            self._held = True
+        if self._on_clear_hold is not None:
+            self._on_clear_hold()
 
     def _long(self) -> None:
         with self._lock:
@@ -105,6 +123,9 @@ class CaptureButton:
     def _released(self) -> None:
         with self._lock:
             held, self._held = self._held, False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         if not held:
             self._on_press()
 
@@ -112,7 +133,9 @@ class CaptureButton:
         """Release the pin (idempotent)."""
         if self._button is not None:
             self._button.when_pressed = None
-            if self._on_long_press is not None:
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._on_long_press is not None or self._on_clear_hold is not None:
                 self._button.when_held = None
                 self._button.when_released = None
             self._button.close()

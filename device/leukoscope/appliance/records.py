@@ -179,7 +179,7 @@ class Record:
     cells: dict[str, Any] | None
     #: The clock was trusted when the record was made (None: made before schema 4).
     #: The id, not the time, orders records: it only grows, whatever the clock said.
-    clock_trusted: bool | None
+    clock_trusted: bool | None = None
 
     @property
     def has_image(self) -> bool:

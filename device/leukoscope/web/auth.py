@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import tempfile
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
 from leukoscope.core.errors import LeukoscopeError
@@ -147,59 +147,78 @@ class PasswordFile:
 
 
 class LoginLimiter:
-    """Failed logins allowed per client address (and in all) within a sliding window."""
+    """Failed logins per client address, with an exponential wait and no shared limit.
+
+    The first `free` failures of an address cost nothing; each one after makes it wait
+    `base_s`, then twice that, and so on up to `max_s`. A quiet `forget_s` since its last
+    failure forgets the address. Nothing is counted across addresses, so guesses from
+    one machine on the clinic LAN never lock the right password out from another.
+    Holding the capture button (`clear`) forgets every address.
+
+    A library (Flask-Limiter) counts requests in fixed windows; this is a per-address
+    backoff with a physical override, thirty lines, so it stays ours (see the README).
+    """
 
     def __init__(
         self,
-        per_client: int = 5,
-        overall: int = 30,
-        window_s: float = 300.0,
+        free: int = 5,
+        base_s: float = 15.0,
+        max_s: float = 900.0,
+        forget_s: float = 3600.0,
         max_clients: int = 4096,
     ) -> None:
-        self.per_client = per_client
-        self.overall = overall
-        self.window_s = window_s
+        self.free = free
+        self.base_s = base_s
+        self.max_s = max_s
+        self.forget_s = forget_s
         self.max_clients = max_clients
         self._lock = threading.Lock()
-        self._clients: dict[str, deque[float]] = {}
-        self._all: deque[float] = deque()
+        #: address -> (failures, time of the last one, locked until)
+        self._clients: dict[str, tuple[int, float, float]] = {}
 
-    def _prune(self, q: deque[float], now: float) -> None:
-        while q and q[0] <= now - self.window_s:
-            q.popleft()
+    def _entry(self, client: str, now: float) -> tuple[int, float, float] | None:
+        entry = self._clients.get(client)
+        if entry is not None and now - entry[1] > self.forget_s and now >= entry[2]:
+            del self._clients[client]
+            return None
+        return entry
 
     def retry_after(self, client: str, now: float | None = None) -> int:
         """Seconds until `client` may try again; 0 if it may try now."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            self._prune(self._all, now)
-            q = self._clients.get(client)
-            if q is not None:
-                self._prune(q, now)
-            waits = []
-            if q is not None and len(q) >= self.per_client:
-                waits.append(q[0] + self.window_s - now)
-            if len(self._all) >= self.overall:
-                waits.append(self._all[0] + self.window_s - now)
-            return max(1, int(max(waits)) + 1) if waits else 0
+            entry = self._entry(client, now)
+            if entry is None or entry[2] <= now:
+                return 0
+            return max(1, math.ceil(entry[2] - now))
 
     def failed(self, client: str, now: float | None = None) -> None:
-        """Count one failed attempt."""
+        """Count one failed attempt by `client`."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            if client not in self._clients and len(self._clients) >= self.max_clients:
-                # Forget the quietest clients rather than grow without bound.
-                for key in [k for k, q in self._clients.items() if not q or q[-1] < now - 60]:
-                    del self._clients[key]
-                if len(self._clients) >= self.max_clients:
-                    self._clients.pop(next(iter(self._clients)))
-            self._clients.setdefault(client, deque()).append(now)
-            self._all.append(now)
+            entry = self._entry(client, now)
+            if entry is None and len(self._clients) >= self.max_clients:
+                # Forget the least recently failing address rather than grow without bound.
+                oldest = min(self._clients, key=lambda k: self._clients[k][1])
+                del self._clients[oldest]
+            failures = (entry[0] if entry else 0) + 1
+            wait = 0.0
+            if failures >= self.free:
+                wait = min(self.max_s, self.base_s * 2.0 ** min(failures - self.free, 30))
+            self._clients[client] = (failures, now, now + wait)
 
     def succeeded(self, client: str) -> None:
         """Forget a client's failures after it logged in."""
         with self._lock:
             self._clients.pop(client, None)
+
+    def clear(self) -> int:
+        """Forget every address's failures (the physical override); how many were locked."""
+        with self._lock:
+            now = time.monotonic()
+            locked = sum(1 for _n, _t, until in self._clients.values() if until > now)
+            self._clients.clear()
+        return locked
 
 
 def new_csrf_token() -> str:
@@ -208,5 +227,13 @@ def new_csrf_token() -> str:
 
 
 def tokens_equal(a: str | None, b: str | None) -> bool:
-    """Constant-time comparison that is False if either is missing."""
-    return bool(a) and bool(b) and hmac.compare_digest(str(a), str(b))
+    """Constant-time comparison that is False if either is missing.
+
+    Compared as UTF-8 bytes: `hmac.compare_digest` refuses a str with non-ASCII
+    characters (a TypeError, which was a 500 for anyone sending one).
+    """
+    if not a or not b:
+        return False
+    return hmac.compare_digest(
+        str(a).encode("utf-8", "surrogatepass"), str(b).encode("utf-8", "surrogatepass")
+    )

@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 THREAD_NICE = 10
 #: Requests that run the app's code at the same time (the rest wait, holding no GIL).
 APP_CONCURRENCY = 2
+#: Open connections the page accepts (each is a socket in waitress's poll loop, not a
+#: thread); past it, new ones wait until a silent one is closed.
+CONNECTION_LIMIT = 1000
+#: A connection that sends nothing for this long is closed.
+CHANNEL_TIMEOUT_S = 10
 #: The longest a request waits for a running capture to finish before it is answered.
 CAPTURE_HOLD_S = 0.08
 
@@ -93,9 +98,12 @@ class WebServer:
                 port=port,
                 threads=threads,
                 ident="leukoscope",
-                connection_limit=200,
-                channel_timeout=30,
-                cleanup_interval=10,
+                # Idle connections cost a socket, not a thread: allow hundreds (below
+                # the unit's LimitNOFILE), and close the silent ones within seconds, so
+                # the LAN cannot fill the list and keep /healthz and the page waiting.
+                connection_limit=CONNECTION_LIMIT,
+                channel_timeout=CHANNEL_TIMEOUT_S,
+                cleanup_interval=2,
                 clear_untrusted_proxy_headers=True,
                 expose_tracebacks=False,
                 asyncore_use_poll=True,
