@@ -140,7 +140,8 @@ def test_dry_run_prints_the_full_plan_and_writes_nothing(
     assert snapshot(root) == before
     plan = [
         "would run: apt-get update",
-        "apt-get install -y --no-install-recommends python3-picamera2 python3-lgpio python3-venv",
+        "apt-get install -y --no-install-recommends python3-picamera2 python3-lgpio python3-venv "
+        "fake-hwclock",
         "would run: systemd-sysusers /etc/sysusers.d/leukoscope.conf",
         "would run: systemd-tmpfiles --create /etc/tmpfiles.d/leukoscope.conf",
         "would run: python3 -m venv --system-site-packages /opt/leukoscope/venv",
@@ -288,3 +289,55 @@ def test_a_signers_file_without_a_bundle_line_is_refused(
                      check=False)  # fmt: skip
     assert result.returncode == 2 and "namespace leukoscope-bundle" in result.stderr
     assert not (root / "etc").exists()
+
+
+def _preflight(source: Path, tmp_path: Path, *args: str, **programs: str):
+    """A --dry-run whose uname, python3 and df say what `programs` give (name: output)."""
+    bindir = tmp_path / "facts"
+    bindir.mkdir(exist_ok=True)
+    for name, output in programs.items():
+        shim = bindir / name
+        shim.write_text(f"#!/bin/sh\nprintf '%s\\n' '{output}'\n")
+        shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    return subprocess.run(
+        ["bash", str(source / "tools" / "install-pi.sh"), "--dry-run", *args],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("facts", "reason"),
+    [
+        ({"uname": "armv7l"}, "a 32-bit system (armv7l): the model runtime (ai-edge-litert)"),
+        ({"uname": "aarch64", "python3": "3.9"}, "python3 is 3.9; the appliance needs 3.11"),
+        (
+            {
+                "uname": "aarch64",
+                "df": "Filesystem 1024-blocks Used Available\n/dev/root 1 1 20480",
+            },
+            "only 20 MB free on /; the install needs 1024 MB",
+        ),
+    ],
+)
+def test_preflight_refuses_with_its_reason_before_anything(
+    source: Path, tmp_path: Path, facts: dict[str, str], reason: str
+) -> None:
+    result = _preflight(source, tmp_path, **facts)
+    assert result.returncode == 1, result.stdout
+    assert f"install-pi: preflight: {reason}" in result.stderr
+    assert "nothing was changed" in result.stderr
+    assert "would run" not in result.stdout and "would write" not in result.stdout
+
+
+def test_preflight_reads_the_os_release_of_the_target(
+    source: Path, root: Path, tmp_path: Path
+) -> None:
+    (root / "etc").mkdir()
+    (root / "etc" / "os-release").write_text("ID=debian\nVERSION_CODENAME=bullseye\n")
+    result = _preflight(source, tmp_path, "--root", str(root))
+    assert result.returncode == 1
+    assert "preflight: OS debian bullseye: made for Raspberry Pi OS Bookworm" in result.stderr
+    (root / "etc" / "os-release").write_text("ID=debian\nVERSION_CODENAME=bookworm\n")
+    ok = _preflight(source, tmp_path, "--root", str(root))
+    assert ok.returncode == 0 and "OS: debian bookworm" in ok.stdout, ok.stderr

@@ -38,7 +38,10 @@ BOOT_BEGIN="# BEGIN Leukoscope camera: choices explained in firmware_config/conf
 BOOT_END="# END Leukoscope camera (tools/install-pi.sh --uninstall removes this block)"
 SERVICE=leukoscope.service
 STATUS_URL=http://127.0.0.1:8080/
-APT_PACKAGES=(python3-picamera2 python3-lgpio python3-venv)
+# fake-hwclock: a Pi has no real-time clock; it restores the last saved time at boot
+# (Raspberry Pi OS ships it; a minimal image may not). The daemon trusts the clock only
+# once it is synchronised (or a person confirms it on the status page): see core/clock.py.
+APT_PACKAGES=(python3-picamera2 python3-lgpio python3-venv fake-hwclock)
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ROOT=""
@@ -192,11 +195,56 @@ preflight() {
     echo "install-pi: needs root; run it with sudo (or try --dry-run)" >&2
     exit 1
   fi
-  if [ -z "$ROOT" ] && [ -r /etc/os-release ]; then
-    local codename
+  preflight_system
+}
+
+# The target's architecture, OS release, Python and free space, each refused with its
+# reason before anything is changed (also under --dry-run, whose plan would be a lie).
+# Under --root the OS release is DIR's own /etc/os-release, when it has one, and the
+# free space is DIR's; the architecture and Python are this host's, so not checked.
+MIN_FREE_MB=1024
+preflight_system() {
+  local fails=() arch release id codename py free_kb
+  if [ -z "$ROOT" ]; then
+    arch=$(uname -m)
+    case "$arch" in
+      aarch64 | arm64) note "architecture: $arch" ;;
+      x86_64) note "architecture: $arch (not a Raspberry Pi: for tests and emulation only)" ;;
+      armv6l | armv7l | armhf | i?86)
+        fails+=("a 32-bit system ($arch): the model runtime (ai-edge-litert) has no 32-bit build; install the 64-bit Raspberry Pi OS (Bookworm, arm64)") ;;
+      *) fails+=("unsupported architecture $arch: install the 64-bit Raspberry Pi OS (Bookworm, arm64)") ;;
+    esac
+    if py=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); then
+      case "$py" in
+        3.11 | 3.1[2-9]) note "python3: $py" ;;
+        *) fails+=("python3 is $py; the appliance needs 3.11 or newer (Bookworm's)") ;;
+      esac
+    else
+      fails+=("no working python3: install python3 (Bookworm ships 3.11)")
+    fi
+  fi
+  release="$ROOT/etc/os-release"
+  if [ -r "$release" ]; then
     # shellcheck source=/dev/null
-    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-unknown}")
-    [ "$codename" = bookworm ] || note "warning: made for Raspberry Pi OS Bookworm, this is $codename"
+    id=$(. "$release" && echo "${ID:-unknown}")
+    # shellcheck source=/dev/null
+    codename=$(. "$release" && echo "${VERSION_CODENAME:-unknown}")
+    case "$id/$codename" in
+      debian/bookworm | raspbian/bookworm) note "OS: $id $codename" ;;
+      *) fails+=("OS $id $codename: made for Raspberry Pi OS Bookworm (64-bit); its Python, picamera2 and lgpio are what the constraints pin") ;;
+    esac
+  elif [ -z "$ROOT" ]; then
+    fails+=("no /etc/os-release: cannot tell which OS this is")
+  fi
+  free_kb=$(df -Pk "${ROOT:-/}" 2>/dev/null | awk 'NR == 2 { print $4 }')
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt $((MIN_FREE_MB * 1024)) ]; then
+    fails+=("only $((free_kb / 1024)) MB free on ${ROOT:-/}; the install needs ${MIN_FREE_MB} MB (the venv, the runtime and the first records)")
+  fi
+  if [ ${#fails[@]} -gt 0 ]; then
+    local f
+    for f in "${fails[@]}"; do echo "install-pi: preflight: $f" >&2; done
+    echo "install-pi: nothing was changed" >&2
+    exit 1
   fi
 }
 
