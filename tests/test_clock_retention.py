@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import date
 from pathlib import Path
 
@@ -164,3 +165,28 @@ def test_retention_frees_a_card_that_something_else_filled(tmp_path: Path) -> No
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert res.returncode == 0 and "ok" in res.stdout, res.stdout + res.stderr
+
+
+def test_the_daemon_stamps_records_with_the_clock_and_a_person_can_confirm_it(
+    tmp_path: Path,
+) -> None:
+    from leukoscope.config import load_config
+    from tests.daemon_helpers import daemon_config, daemon_in_process, good_field, write_rgb
+    from tests.test_samples_daemon import capture, sample_bundle
+
+    write_rgb(tmp_path / "replay" / "00.png", good_field(0))
+    cfg = load_config(
+        daemon_config(
+            tmp_path, tmp_path / "unused", tmp_path / "replay", quality={"enabled": False}
+        )
+    )
+    with daemon_in_process(cfg, sample_bundle()) as daemon:
+        synced = daemon._check_clock().trusted
+        first = capture(daemon)
+        assert first["clock_trusted"] is synced
+        assert daemon.state.snapshot()["clock"]["trusted"] is synced
+        off = daemon.confirm_clock(time.time() - 600)
+        assert off["ok"] is False and "sudo date -s @" in off["error"]
+        assert daemon.confirm_clock(time.time())["trusted"] is True
+        assert capture(daemon)["clock_trusted"] is True
+        assert daemon.state.snapshot()["clock"]["trusted"] is True

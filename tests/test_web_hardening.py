@@ -92,3 +92,29 @@ def test_holding_the_button_5_s_clears_the_lockouts(app: Flask):
         factory.close()
     assert cleared == [1]
     assert _login_from(app, "192.168.1.7", PASSWORD) == 303
+
+
+def test_an_untrusted_clock_is_shown_and_a_browser_can_confirm_it(tmp_path: Path):
+    source = FakeSource(tmp_path / "images")
+    source.clock_trusted = False
+    app = make_app(source, tmp_path)
+    with app.test_client() as client:
+        page = client.get("/").get_data(as_text=True)
+        assert 'id="clock-warning"' in page and "Log in to confirm" in page
+        token = csrf_of(client)
+        assert client.post("/api/clock", json={"unix": time.time()}).status_code == 403
+        headers = {"X-CSRF-Token": token}
+        assert (
+            client.post("/api/clock", json={"unix": time.time()}, headers=headers).status_code
+            == 401
+        )
+        resp = client.post("/login", data={"password": PASSWORD, "csrf_token": token})
+        assert resp.status_code == 303
+        headers = {"X-CSRF-Token": csrf_of(client, "/")}
+        for bad in ({"unix": "now"}, {"unix": True}, {"unix": -1}, {"time": 1}, [1]):
+            assert client.post("/api/clock", json=bad, headers=headers).status_code == 400
+        off = client.post("/api/clock", json={"unix": time.time() - 3600}, headers=headers)
+        assert off.status_code == 409 and "off your browser" in off.get_json()["error"]
+        ok = client.post("/api/clock", json={"unix": time.time()}, headers=headers)
+        assert ok.status_code == 200 and ok.get_json()["trusted"] is True
+        assert 'id="clock-warning"' not in client.get("/").get_data(as_text=True)

@@ -485,8 +485,8 @@ class Daemon:
     def confirm_clock(self, browser_unix: float) -> dict[str, Any]:
         """A logged-in person's browser time: if ours agrees, the clock is trusted this boot.
 
-        Setting a wrong clock needs root (the daemon's sandbox forbids it): the reply
-        says by how much ours is off and how to set it (`sudo leukoscope set-clock`).
+        Setting a wrong clock needs root (the daemon's sandbox forbids it, ProtectClock):
+        the reply says by how much ours is off and how to set it.
         """
         offset = time.time() - browser_unix
         if abs(offset) <= CLOCK_AGREES_S:
@@ -499,9 +499,9 @@ class Daemon:
             "trusted": self._check_clock().trusted,
             "offset_s": round(offset, 1),
             "error": (
-                f"this appliance's clock is {offset:+.0f} s off your browser's: set it with "
-                f"`sudo leukoscope set-clock --unix {browser_unix:.0f}` (or connect it to a "
-                "network with time), then confirm again"
+                f"this appliance's clock is {offset:+.0f} s off your browser's: set it as root "
+                f"(`sudo date -s @{browser_unix:.0f}`; fake-hwclock keeps it over a reboot) or "
+                "connect it to a network with time, then confirm again"
             ),
         }
 

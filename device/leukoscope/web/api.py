@@ -160,6 +160,22 @@ def capture() -> tuple[Response, int]:
     return jsonify({"accepted": True, "sample_id": sample_id, **started}), 202
 
 
+@bp.post("/api/clock")
+@login_required
+def clock() -> tuple[Response, int]:
+    """A logged-in browser's time ({"unix": seconds}): if the appliance's clock agrees,
+    it is trusted for this boot (records then count for retention by age); if not, 409
+    with the offset and how to set it."""
+    body: Any = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) - {"unix", "csrf_token"}:
+        raise BadRequest('send {"unix": <seconds since 1970>} as JSON')
+    unix = body.get("unix")
+    if isinstance(unix, bool) or not isinstance(unix, int | float) or not 0 < unix < 2**33:
+        raise BadRequest("unix must be the browser's time in seconds since 1970")
+    reply = ctx().source.confirm_clock(float(unix))
+    return jsonify(reply), (200 if reply.get("ok") else 409)
+
+
 @bp.get("/api/preview.jpg")
 def preview() -> Response:
     """The live view's latest low-resolution frame; focus score in X-Focus-* headers."""

@@ -157,6 +157,10 @@ class DaemonSource:
         """See StatusSource."""
         return self.daemon.state.snapshot()
 
+    def confirm_clock(self, browser_unix: float) -> dict[str, Any]:
+        """See StatusSource."""
+        return self.daemon.confirm_clock(browser_unix)
+
     def request_capture(self, sample_id: str | None) -> dict[str, Any]:
         """See StatusSource: the button's path, with trigger "web"."""
         seq = self.daemon.state.snapshot()["result_seq"]

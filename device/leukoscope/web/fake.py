@@ -167,6 +167,8 @@ class FakeSource:
         self._next_id = 1
         self.phase = "ready"
         self.faults: dict[str, str] = {}
+        #: The fake clock is trusted unless a test says otherwise (issue 17 clock warning).
+        self.clock_trusted = True
         self.result_seq = 0
         self.captures_requested: list[str | None] = []
         self._preview = _jpeg(999, (160, 120))
@@ -246,6 +248,17 @@ class FakeSource:
 
     # --- StatusSource ----------------------------------------------------------------------
 
+    def confirm_clock(self, browser_unix: float) -> dict[str, Any]:
+        """See StatusSource: the fake's clock is trusted once a browser agrees with it."""
+        offset = time.time() - browser_unix
+        ok = abs(offset) <= 5.0
+        if ok:
+            self.clock_trusted = True
+        reply: dict[str, Any] = {"ok": ok, "trusted": self.clock_trusted, "offset_s": offset}
+        if not ok:
+            reply["error"] = f"this appliance's clock is {offset:+.0f} s off your browser's"
+        return reply
+
     def status(self) -> dict[str, Any]:
         """See StatusSource."""
         with self._lock:
@@ -267,6 +280,11 @@ class FakeSource:
                 "result_seq": self.result_seq,
                 "counts": counts,
                 "uptime_s": round(time.time() - self.started, 1),
+                "clock": {
+                    "trusted": self.clock_trusted,
+                    "reason": "synchronised" if self.clock_trusted else "not synchronised",
+                    "now_unix": round(time.time(), 3),
+                },
             }
 
     def _matching(self, flt: RecordFilter) -> list[Record]:

@@ -85,6 +85,10 @@ class StatusSource(Protocol):
             CaptureRefusedError: busy, not ready, or stopping (with the HTTP status to answer).
         """
 
+    def confirm_clock(self, browser_unix: float) -> dict[str, Any]:
+        """A logged-in person's browser time: trust the clock this boot if ours agrees;
+        else say by how much it is off ({"ok", "trusted", "offset_s", "error"?})."""
+
     def preview(self) -> Preview:
         """The latest low-resolution frame (raises CaptureRefusedError(503) when none)."""
 

@@ -184,3 +184,22 @@
   poll();
   refreshPreview();
 })();
+
+// The clock warning (issue 17): send this browser's time; the appliance trusts its clock
+// for this boot if the two agree, else says by how much it is off.
+(function () {
+  const button = document.getElementById("clock-confirm");
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  if (!button || !meta) return;
+  button.addEventListener("click", async () => {
+    const reply = document.getElementById("clock-reply");
+    const resp = await fetch("/api/clock", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": meta.content },
+      body: JSON.stringify({ unix: Date.now() / 1000 }),
+    });
+    const body = await resp.json();
+    reply.textContent = body.ok ? "Clock confirmed." : (body.error || "refused");
+    if (body.ok) document.getElementById("clock-warning").hidden = true;
+  });
+})();
