@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 
 from leukoscope.appliance.records import NewRecord, RecordFilter, Store
+from leukoscope.config import load_config
 from leukoscope.core.clock import BUILD_EPOCH, TimeSetMark, clock_status, plausible
+from tests.daemon_helpers import daemon_config, daemon_in_process, good_field, write_rgb
+from tests.test_samples_daemon import capture, sample_bundle
 
 DAY = 86400.0
 NOW = BUILD_EPOCH + 400 * DAY  # a clinic's "now", well after this build
@@ -170,10 +173,6 @@ def test_retention_frees_a_card_that_something_else_filled(tmp_path: Path) -> No
 def test_the_daemon_stamps_records_with_the_clock_and_a_person_can_confirm_it(
     tmp_path: Path,
 ) -> None:
-    from leukoscope.config import load_config
-    from tests.daemon_helpers import daemon_config, daemon_in_process, good_field, write_rgb
-    from tests.test_samples_daemon import capture, sample_bundle
-
     write_rgb(tmp_path / "replay" / "00.png", good_field(0))
     cfg = load_config(
         daemon_config(
