@@ -16,8 +16,8 @@ from leukoscope.analysis.analysers import CellAnalyser
 from leukoscope.bench import cells as bench_cells
 from leukoscope.bench import whole_field as bench_whole_field
 from leukoscope.cli import appliance as appcli
-from leukoscope.cli import classify_cells as cellscli
 from leukoscope.cli import calibrate as calibratecli
+from leukoscope.cli import classify_cells as cellscli
 from leukoscope.cli import export as exportcli
 from leukoscope.cli import model as modelcli
 from leukoscope.cli import sample as samplecli
