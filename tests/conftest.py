@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from leukoscope.appliance.records import Store
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("LEUKOSCOPE_SHARED_DATA", REPO.parent / "shared" / "data"))
 #: The shipped default bundle (cell mode) and the whole-field bundle it replaced as default.
@@ -75,3 +77,13 @@ def cells_bundle_copy(session_cells_bundle: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "cells-bundle"
     shutil.copytree(session_cells_bundle, dst)
     return dst
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    """A record store in a fresh folder, closed after the test."""
+    s = Store(tmp_path / "db.sqlite3", tmp_path / "images")
+    try:
+        yield s
+    finally:
+        s.close()

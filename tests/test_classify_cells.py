@@ -80,7 +80,9 @@ def test_synthetic_blasts_score_above_synthetic_white_cells_and_bad_files_are_na
         "empty.jpg",
     }
     assert "error" in by_name["broken.png"] and "error" in by_name["empty.jpg"]
-    cut = load_bundle(SHIPPED_BUNDLE).manifest.cells.cell_cut
+    settings = load_bundle(SHIPPED_BUNDLE).manifest.cells
+    assert settings is not None
+    cut = settings.cell_cut
     blasts = [by_name[f"blast{i}.png"] for i in range(4)]
     normals = [by_name[f"wbc{i}.png"] for i in range(4)]
     for r in blasts + normals:

@@ -25,15 +25,6 @@ DAY = 86400.0
 NOW = BUILD_EPOCH + 400 * DAY  # a clinic's "now", well after this build
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    s = Store(tmp_path / "db.sqlite3", tmp_path / "images")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def add(store: Store, created: float, trusted: bool) -> int:
     rec = NewRecord("test", "retake", created_unix=created, clock_trusted=trusted)
     return store.add(rec, b"jpeg", ".jpg")

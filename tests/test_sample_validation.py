@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -155,7 +156,7 @@ def test_cell_rates_count_matched_blasts_healthy_cells_and_pbc_cells(tmp_path: P
         _photo("all-idb1/normal/Im002_0.jpg", NORMAL, [[10, 10, 0.1], [90, 90, 0.7]]),
         _photo("all-idb1/normal/Im003_0.jpg", NORMAL, [[10, 10, 0.99]], split="test"),
     ]  # fmt: skip
-    pbc = [
+    pbc: list[dict[str, Any]] = [
         {"file": "a", "cls": "lymphocyte", "p_blast": 0.1, "scale": "red-cells"},
         {"file": "b", "cls": "lymphocyte", "p_blast": 0.2, "scale": "red-cells"},
         {"file": "c", "cls": "neutrophil", "p_blast": 0.1, "scale": "pbc-median"},

@@ -49,15 +49,6 @@ def field_record(n: int, blasts: int, outcome: str = "indeterminate") -> NewReco
     )
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    s = Store(tmp_path / "db.sqlite3", tmp_path / "images")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 @pytest.fixture(scope="module")
 def fields() -> list[np.ndarray]:
     """Fingerprints of distinct synthetic fields."""

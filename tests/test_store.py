@@ -26,15 +26,6 @@ from leukoscope.core.errors import StoreError
 from leukoscope.model.manifest import sha256_file
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    s = Store(tmp_path / "db.sqlite3", tmp_path / "images")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def saved(store: Store, record_id: int) -> Record:
     """A record as the reader gives it back (it must be there)."""
     record = store.reader.get(record_id)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from leukoscope.cli.args import run_command
 from leukoscope.core.errors import LeukoscopeError
 from leukoscope_tools.data import cells as cell_dataset
 from leukoscope_tools.data import idb2_sources
@@ -332,17 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    try:
-        return int(args.func(args))
-    except (LeukoscopeError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a path the user gave that cannot be used: say which and why
-        where = f"{exc.filename}: " if exc.filename is not None else ""
-        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_command(args.func, args, (LeukoscopeError, ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

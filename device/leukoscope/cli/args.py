@@ -4,8 +4,12 @@ one-line output."""
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from leukoscope.config import PX_PER_UM_RANGE
+from leukoscope.core.errors import LeukoscopeError
 
 #: More interpreter threads than this only slows a Pi down (and a huge count crashes it).
 MAX_THREADS = 64
@@ -56,3 +60,37 @@ def px_per_um_arg(text: str) -> float:
 def one_line(text: str) -> str:
     """`text` with control characters escaped: a newline in a file name must not start a line."""
     return "".join(repr(c)[1:-1] if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text)
+
+
+def add_image_arguments(
+    p: argparse.ArgumentParser, *, bundle_help: str, scale_help: str, json: bool = True
+) -> None:
+    """The options every command that analyses image files takes, worded the same way:
+    the bundle, interpreter threads, JSON Lines and a calibrated scale."""
+    p.add_argument("--bundle", type=Path, default=None, help=bundle_help)
+    p.add_argument("--threads", type=thread_count, default=1, help="interpreter threads")
+    if json:
+        p.add_argument("--json", action="store_true", help="JSON Lines output")
+    p.add_argument(
+        "--px-per-um", type=px_per_um_arg, default=None, metavar="SCALE", help=scale_help
+    )
+
+
+def run_command(
+    func: Callable[[argparse.Namespace], int],
+    args: argparse.Namespace,
+    errors: tuple[type[Exception], ...] = (LeukoscopeError,),
+) -> int:
+    """Run a subcommand: `errors` and unusable paths become one "error:" line and exit 2,
+    Ctrl-C exit 130 (the convention of `leukoscope` and `leukoscope-tools` alike)."""
+    try:
+        return int(func(args))
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the user gave that cannot be used: say which and why
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

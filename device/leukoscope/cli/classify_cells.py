@@ -19,7 +19,7 @@ from typing import Any
 from leukoscope.analysis.analysers import CellAnalyser
 from leukoscope.analysis.cells import normalise
 from leukoscope.analysis.single_cell import centre_cell
-from leukoscope.cli.args import one_line, px_per_um_arg, thread_count
+from leukoscope.cli.args import add_image_arguments, one_line
 from leukoscope.core.errors import LeukoscopeError
 from leukoscope.core.imageio import iter_image_paths
 from leukoscope.model.bundle import load_bundle
@@ -98,15 +98,10 @@ def add_subcommands(sub: Any) -> None:
     """Register `classify-cells` on the `leukoscope` command's subparsers."""
     p = sub.add_parser("classify-cells", help="classify images of one white cell each")
     p.add_argument("paths", nargs="+", type=Path, metavar="FILE|DIR")
-    p.add_argument("--bundle", type=Path, default=None, help="a cells bundle folder")
-    p.add_argument("--threads", type=thread_count, default=1, help="interpreter threads")
-    p.add_argument("--json", action="store_true", help="JSON Lines output")
-    p.add_argument(
-        "--px-per-um",
-        type=px_per_um_arg,
-        default=None,
-        metavar="SCALE",
-        help="the images' scale in pixels per micrometre (default: measured from the red "
-        "cells, else the image taken as the bundle's crop_um wide)",
+    add_image_arguments(
+        p,
+        bundle_help="a cells bundle folder",
+        scale_help="the images' scale in pixels per micrometre (default: measured from the "
+        "red cells, else the image taken as the bundle's crop_um wide)",
     )
     p.set_defaults(func=cmd_classify_cells)

@@ -22,7 +22,14 @@ from leukoscope.cli import export as exportcli
 from leukoscope.cli import model as modelcli
 from leukoscope.cli import sample as samplecli
 from leukoscope.cli import web as webcli
-from leukoscope.cli.args import one_line, positive_int, px_per_um_arg, thread_count
+from leukoscope.cli.args import (
+    add_image_arguments,
+    one_line,
+    positive_int,
+    px_per_um_arg,
+    run_command,
+    thread_count,
+)
 from leukoscope.core.errors import LeukoscopeError
 from leukoscope.core.imageio import iter_image_paths
 from leukoscope.core.synthetic import write_demo_images
@@ -150,19 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="classify image files or folders")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    p.add_argument("--bundle", type=Path, default=None, help="model bundle folder")
-    p.add_argument("--threads", type=thread_count, default=1, help="interpreter threads")
-    p.add_argument("--json", action="store_true", help="JSON Lines output")
-    p.add_argument(
-        "--no-quality-gate", action="store_true", help="classify even photos the gate refuses"
+    add_image_arguments(
+        p,
+        bundle_help="model bundle folder",
+        scale_help="cells bundles: the photos' calibrated scale in pixels per micrometre "
+        "(default: measured from the red cells)",
     )
     p.add_argument(
-        "--px-per-um",
-        type=px_per_um_arg,
-        default=None,
-        metavar="SCALE",
-        help="cells bundles: the photos' calibrated scale in pixels per micrometre "
-        "(default: measured from the red cells)",
+        "--no-quality-gate", action="store_true", help="classify even photos the gate refuses"
     )
     p.set_defaults(func=cmd_classify)
 
@@ -216,17 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if getattr(args, "bundle", "unset") is None:
         args.bundle = default_bundle()
-    try:
-        return int(args.func(args))
-    except LeukoscopeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a path the user gave that cannot be used: say which and why
-        where = f"{exc.filename}: " if exc.filename is not None else ""
-        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

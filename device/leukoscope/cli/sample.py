@@ -25,7 +25,7 @@ from leukoscope.analysis.differential import Differential, count
 from leukoscope.analysis.overlap import fingerprint, shared_fraction
 from leukoscope.appliance.control import request
 from leukoscope.appliance.samples import check_sample_id
-from leukoscope.cli.args import one_line, px_per_um_arg, thread_count
+from leukoscope.cli.args import add_image_arguments, one_line
 from leukoscope.config import SampleConfig, config_path, load_config
 from leukoscope.core.errors import LeukoscopeError
 from leukoscope.core.imageio import iter_image_paths
@@ -239,15 +239,10 @@ def add_subcommands(sub: Any) -> None:
     p = ss.add_parser("analyse", help="analyse photos as the fields of one sample (no daemon)")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="photos or folders")
     p.add_argument("--sample-id", default="sample", help="the sample's id (default: sample)")
-    p.add_argument("--bundle", type=Path, default=None, help="a cells bundle folder")
-    p.add_argument("--threads", type=thread_count, default=1, help="interpreter threads")
-    p.add_argument("--json", action="store_true", help="JSON Lines output")
-    p.add_argument(
-        "--px-per-um",
-        type=px_per_um_arg,
-        default=None,
-        metavar="SCALE",
-        help="the photos' calibrated scale in pixels per micrometre "
+    add_image_arguments(
+        p,
+        bundle_help="a cells bundle folder",
+        scale_help="the photos' calibrated scale in pixels per micrometre "
         "(default: measured from the red cells)",
     )
     p.set_defaults(func=cmd_analyse)
