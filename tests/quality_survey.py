@@ -86,7 +86,11 @@ def report(results: dict[str, list[tuple[str, QualityMetrics]]], th: QualityThre
     for kind, rows in results.items():
         lines.append(f"{kind} ({len(rows)} images)")
         for name in names:
-            vals = np.array([getattr(m, name) for _, m in rows])
+            # Measures taken only when the scale is known (sharpness) are None elsewhere.
+            vals = np.array([v for _, m in rows if (v := getattr(m, name)) is not None], float)
+            if vals.size == 0:
+                lines.append(f"  {name:13s} not measured (no scale)")
+                continue
             p1, p99 = np.percentile(vals, [1, 99])
             lines.append(
                 f"  {name:13s} min {vals.min():9.4f}  p1 {p1:9.4f}  "

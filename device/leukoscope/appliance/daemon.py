@@ -674,8 +674,9 @@ class Daemon:
             "n/a" if rec.p_leukemia is None else f"{rec.p_leukemia:.3f}",
             timings["trigger_to_indicator"],
         )
-        # The phase is right by the time anyone hears the answer (not a tick later).
-        self.state.update(phase="fault" if self.state.snapshot()["faults"] else "ready")
+        # Indicator and phase are right by the time anyone hears the answer (not a tick
+        # later): a write that just failed shows its fault now.
+        self._refresh_indicator(self.state.snapshot()["faults"])
         ticket.result = result
         ticket.done.set()
 
