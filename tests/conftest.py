@@ -11,6 +11,15 @@ import pytest
 
 from leukoscope.appliance.records import Store
 
+#: The Pi's numpy-1.24 venv holds the device stack alone: test modules that import the
+#: training tools (TensorFlow, Keras) at their top are not collected there (their tests are
+#: all `host` tests, which that run deselects anyway).
+collect_ignore = (
+    []
+    if importlib.util.find_spec("keras")
+    else ["test_cell_tools.py", "test_tools_cli_errors.py", "test_training_e2e.py"]
+)
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("LEUKOSCOPE_SHARED_DATA", REPO.parent / "shared" / "data"))
 #: The shipped default bundle (cell mode) and the whole-field bundle it replaced as default.

@@ -36,7 +36,8 @@ from tests.test_modelstore import keys, signed  # noqa: F401 - shared fixtures
 
 BIN = Path(sys.executable).parent
 FAULTY = Path(__file__).with_name("faulty_leukoscope.py")
-pytestmark = [pytest.mark.slow, SKIP_NO_SSH]
+# `host`: the maintainer's side runs `leukoscope-tools push` (the host tools, TensorFlow).
+pytestmark = [pytest.mark.slow, pytest.mark.host, SKIP_NO_SSH]
 _free_port = free_port
 
 
