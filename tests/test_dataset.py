@@ -151,6 +151,7 @@ def test_split_is_stratified_and_near_60_20_20() -> None:
     assert [r.split for r in rows] != [r.split for r in other]
 
 
+@pytest.mark.host  # through `leukoscope-tools`, whose commands import TensorFlow
 @pytest.mark.parametrize("make", ["missing", "empty", "unlabelled"])
 def test_dataset_with_no_images_is_an_error_and_keeps_the_old_table(
     tmp_path: Path, make: str, capsys: pytest.CaptureFixture[str]
