@@ -80,6 +80,17 @@ def check_sample_id(text: Any) -> str:
     return text
 
 
+def check_review(label: Any, reviewer: Any) -> tuple[ReviewLabel, str]:
+    """A review's label and the reviewer's name (stripped), or SampleError saying why not."""
+    try:
+        verdict = ReviewLabel(label)
+    except ValueError:
+        raise SampleError(f"bad label {label!r}: blast or not-blast") from None
+    if not isinstance(reviewer, str) or not REVIEWER_RE.match(reviewer.strip()):
+        raise SampleError("a review needs the reviewer's name (1-64 characters)")
+    return verdict, reviewer.strip()
+
+
 def _iso(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds")
 
@@ -463,12 +474,7 @@ class Samples:
     ) -> CellReview:
         """Store a person's reading of one cell of a counted field (a second review of
         the same cell replaces the first). SampleError when there is no such cell."""
-        try:
-            verdict = ReviewLabel(label)
-        except ValueError:
-            raise SampleError(f"bad label {label!r}: blast or not-blast") from None
-        if not isinstance(reviewer, str) or not REVIEWER_RE.match(reviewer.strip()):
-            raise SampleError("a review needs the reviewer's name (1-64 characters)")
+        verdict, reviewer = check_review(label, reviewer)
         unix = time.time() if now is None else now
         with self.store.transaction() as db:
             sample = _load(db, check_sample_id(sample_id))
@@ -483,7 +489,7 @@ class Samples:
             cell = cells[cell_index]
             review = CellReview(
                 record_id, cell_index, verdict, bool(cell.get("blast")),
-                cell.get("p_blast"), reviewer.strip(), _iso(unix),
+                cell.get("p_blast"), reviewer, _iso(unix),
             )  # fmt: skip
             db.execute(
                 f"""INSERT OR REPLACE INTO cell_reviews ({_REVIEW_COLUMNS}, sample_id)

@@ -19,15 +19,14 @@ from leukoscope.analysis.decision import Verdict
 from leukoscope.analysis.differential import ErrorRates, SampleRule, count
 from leukoscope.appliance.records import Record
 from leukoscope.appliance.samples import (
-    REVIEWER_RE,
     CellReview,
     FieldStatus,
-    ReviewLabel,
     Sample,
     SampleCell,
     SampleError,
     SampleField,
     SampleState,
+    check_review,
     check_sample_id,
     record_cells,
 )
@@ -146,11 +145,9 @@ class FakeSamples:
     ) -> CellReview:
         """Store a review of a cell of a counted field (replacing an earlier one)."""
         try:
-            verdict = ReviewLabel(label)
-        except ValueError:
-            raise SampleRefusedError(f"bad label {label!r}: blast or not-blast", 400) from None
-        if not REVIEWER_RE.match(reviewer.strip()):
-            raise SampleRefusedError("a review needs the reviewer's name (1-64 characters)", 400)
+            verdict, reviewer = check_review(label, reviewer)
+        except SampleError as exc:
+            raise SampleRefusedError(str(exc), 400) from None
         unix = time.time() if now is None else now
         with self._lock:
             sample = self._samples.get(sample_id)
@@ -164,7 +161,7 @@ class FakeSamples:
             cell = cells[cell_index]
             review = CellReview(
                 record_id, cell_index, verdict, bool(cell.get("blast")), cell.get("p_blast"),
-                reviewer.strip(), _iso(unix),
+                reviewer, _iso(unix),
             )  # fmt: skip
             kept = [
                 r for r in sample.reviews if (r.record_id, r.cell_index) != (record_id, cell_index)
