@@ -151,21 +151,56 @@ def _draw_white_cell(img: np.ndarray, c: Cell, rng: np.random.Generator) -> None
             cv2.circle(img, p, round(c.radius * 0.3), nucleus.tolist(), -1, cv2.LINE_AA)
 
 
-def write_demo_images(folder: Path, count: int = 6, *, seed: int = 2026) -> list[Path]:
-    """Write `count` synthetic fields as PNG: alternately with blasts and without.
+#: The demo fields, one per outcome the shipped bundle gives, in this order: (file name
+#: part, intended outcome, how it is drawn). A field with blasts among a few mature cells
+#: is "leukemia suspected"; about half blasts is "indeterminate" (the slide score falls
+#: between the bundle's thresholds); a blurred, a dark and an empty field are retakes.
+DEMO_FIELDS: tuple[tuple[str, str, dict[str, float]], ...] = (
+    ("no-leukemia", "no-leukemia-suspected", {"n_wbc": 4, "n_blasts": 0}),
+    ("leukemia", "leukemia-suspected", {"n_wbc": 1, "n_blasts": 8}),
+    ("indeterminate", "indeterminate", {"n_wbc": 3, "n_blasts": 4}),
+    ("retake-focus", "out-of-focus", {"n_wbc": 4, "n_blasts": 0, "blur_sigma": 3.0}),
+    ("retake-exposure", "too-dark", {"n_wbc": 4, "n_blasts": 0, "gain": 0.2}),
+    ("retake-no-white-cells", "no-white-cells", {"n_wbc": 0, "n_blasts": 0}),
+)
 
-    Files are named `synthetic-...` so nobody mistakes them for patient images.
-    Existing files with the same names are overwritten (the output is deterministic).
+
+def demo_field(index: int, *, seed: int = 2026) -> tuple[str, str, np.ndarray]:
+    """Demo field `index` (the outcomes repeat every len(DEMO_FIELDS)): its name part,
+    intended outcome (a verdict, or the retake reason) and RGB image."""
+    name, outcome, spec = DEMO_FIELDS[index % len(DEMO_FIELDS)]
+    smear = make_smear(
+        1024,
+        768,
+        n_wbc=int(spec["n_wbc"]),
+        n_blasts=int(spec["n_blasts"]),
+        px_per_um=5.0,
+        seed=seed + index,
+    )
+    img = smear.image
+    if "blur_sigma" in spec:  # the microscope out of focus
+        img = cv2.GaussianBlur(img, (0, 0), spec["blur_sigma"])
+    if "gain" in spec:  # the lamp turned down
+        img = (img.astype(np.float32) * spec["gain"]).astype(np.uint8)
+    return name, outcome, img
+
+
+def write_demo_images(
+    folder: Path, count: int = len(DEMO_FIELDS), *, seed: int = 2026
+) -> list[Path]:
+    """Write `count` synthetic fields as PNG, one per outcome in `DEMO_FIELDS` order
+    (no leukemia suspected, leukemia suspected, indeterminate, then retakes for focus,
+    exposure and no white cells), repeating with other seeds past six.
+
+    Files are named `synthetic-NN-<outcome>.png` so nobody mistakes them for patient
+    images. Existing files with the same names are overwritten (the output is
+    deterministic).
     """
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
-        blasts = 4 if i % 2 else 0
-        smear = make_smear(
-            1024, 768, n_wbc=3 if blasts else 4, n_blasts=blasts, px_per_um=5.0, seed=seed + i
-        )
-        kind = "blasts" if blasts else "normal"
-        path = folder / f"synthetic-{i:02d}-{kind}.png"
-        cv2.imwrite(str(path), cv2.cvtColor(smear.image, cv2.COLOR_RGB2BGR))
+        name, _outcome, img = demo_field(i, seed=seed)
+        path = folder / f"synthetic-{i:02d}-{name}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         paths.append(path)
     return paths
