@@ -51,13 +51,15 @@ def test_json_lines_for_a_mix_of_good_and_bad_files(
     assert "empty file" in by_name["empty.png"]["error"]
 
 
-def test_text_output_names_verdict_probability_model_and_time(
+def test_text_output_names_verdict_score_model_and_time(
     session_bundle: Path, mixed_folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(["classify", str(mixed_folder / "good0.png"), "--bundle", str(session_bundle)])
     out = capsys.readouterr().out
     assert code == 0
-    assert "good0.png: " in out and "p_leukemia" in out and " ms]" in out
+    assert "good0.png: " in out and "leukemia score " in out and " ms]" in out
+    assert "p_leukemia" not in out  # not a calibrated probability: named and explained
+    assert out.splitlines()[-1].startswith("leukemia score: the model's 0-1 output, not a probab")
 
 
 def test_bad_bundle_is_a_clear_error(tmp_path: Path, mixed_folder: Path) -> None:
@@ -89,6 +91,6 @@ def test_a_newline_in_a_file_name_does_not_split_its_line(
     broken.write_bytes(b"not a jpeg")
     code = main(["classify", str(odd), str(broken), "--bundle", str(session_bundle)])
     lines = capsys.readouterr().out.splitlines()
-    assert code == 1 and len(lines) == 2
-    assert lines[0].startswith(f"{mixed_folder}/good\\n0.png: ") and "p_leukemia" in lines[0]
+    assert code == 1 and len(lines) == 3 and lines[2].startswith("leukemia score: ")
+    assert lines[0].startswith(f"{mixed_folder}/good\\n0.png: ") and "leukemia score" in lines[0]
     assert lines[1].startswith(f"{mixed_folder}/broken\\r\\n.jpg: error: ")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from leukoscope.cli.appliance import cmd_check_config
+from leukoscope.cli.main import main
 from leukoscope.config import bundled_config, load_config, parse_config
 from leukoscope.core.errors import ConfigError
+from leukoscope.core.synthetic import write_demo_images
+from tests.conftest import SHIPPED_BUNDLE
 from tests.helpers import refusal_of_a_pipe
 
 MINIMAL: dict[str, dict[str, Any]] = {
@@ -112,19 +116,67 @@ def test_a_pipe_is_refused_not_read_forever(tmp_path: Path) -> None:
     assert errors == [f"{fifo}: not a regular file (a pipe, socket or device)"]
 
 
-def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import argparse
 
+    monkeypatch.chdir(tmp_path)  # the laptop config's paths are relative: .run/...
+    write_demo_images(tmp_path / ".run" / "demo-images", 1)
+    shutil.copytree(SHIPPED_BUNDLE, tmp_path / ".run" / "state" / "models" / "active")
     good = tmp_path / "good.toml"
     good.write_text(bundled_config("laptop").read_text())
-    assert cmd_check_config(argparse.Namespace(file=good)) == 0
+    assert cmd_check_config(argparse.Namespace(file=good, config=None)) == 0
     assert "ok (camera replay" in capsys.readouterr().out
     bad = tmp_path / "bad.toml"
     bad.write_text(good.read_text().replace('backend = "replay"', 'backend = "usb"'))
-    assert cmd_check_config(argparse.Namespace(file=bad)) == 1
+    assert cmd_check_config(argparse.Namespace(file=None, config=bad)) == 1
     assert "camera.backend: must be one of picamera2, opencv, replay, got 'usb'" in (
         capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["check-config", "{cfg}"],
+        ["check-config", "--config", "{cfg}"],
+        ["--config", "{cfg}", "check-config"],
+    ],
+)
+def test_check_config_takes_the_config_as_every_command_does(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(bundled_config("laptop").read_text().replace("[camera.replay]\n", "[x]\n"))
+    assert main([a.format(cfg=cfg) for a in argv]) == 1
+    assert "unknown" in capsys.readouterr().err
+
+
+def test_check_config_says_which_paths_cannot_be_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A valid file is not enough: the replay folder, the state folder and the bundle the
+    daemon would fail on at start are each named, and the exit status is 1."""
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        bundled_config("laptop")
+        .read_text()
+        .replace('state_dir = ".run/state"', f'state_dir = "{blocker}/state"')
+        .replace('folder = ".run/demo-images"', 'folder = "no-such-folder"')
+        .replace('bundle = ".run/state/models/active"', f'bundle = "{tmp_path / "nothing"}"')
+    )
+    assert main(["check-config", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "paths.state_dir: " in err and "cannot be created" in err
+    assert f"camera.replay.folder: {tmp_path / 'no-such-folder'} is not a folder" in err
+    assert f"paths.bundle: {tmp_path / 'nothing'} cannot be loaded: not a bundle" in err
+    (tmp_path / "no-such-folder").mkdir()
+    assert main(["check-config", "--config", str(cfg)]) == 1
+    assert "holds no images" in capsys.readouterr().err
 
 
 def test_run_refuses_a_bad_config_with_exit_78(tmp_path: Path) -> None:

@@ -11,6 +11,9 @@ from pathlib import Path
 from leukoscope.config import PX_PER_UM_RANGE
 from leukoscope.core.errors import LeukoscopeError
 
+#: --config's help wherever it is taken.
+CONFIG_HELP = "config file (default: $LEUKOSCOPE_CONFIG, else /etc/leukoscope/config.toml)"
+
 #: More interpreter threads than this only slows a Pi down (and a huge count crashes it).
 MAX_THREADS = 64
 
@@ -60,6 +63,25 @@ def px_per_um_arg(text: str) -> float:
 def one_line(text: str) -> str:
     """`text` with control characters escaped: a newline in a file name must not start a line."""
     return "".join(repr(c)[1:-1] if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text)
+
+
+def file_error_line(path: Path, exc: BaseException | str) -> str:
+    """`PATH: error: why` on one line, the path said once (most errors start with it)."""
+    text = str(exc)
+    prefix = f"{path}: "
+    if text.startswith(prefix):
+        text = text[len(prefix) :]
+    return one_line(f"{path}: error: {text}")
+
+
+def add_config_argument(p: argparse.ArgumentParser, help: str = CONFIG_HELP) -> None:
+    """`--config FILE`, taken the same way by every command, before or after its name.
+
+    The top-level parser sets the default (None); a subcommand's copy is SUPPRESSed unless
+    given, so `leukoscope --config F model list` and `leukoscope model list --config F`
+    mean the same and neither resets the other.
+    """
+    p.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE", help=help)
 
 
 def add_image_arguments(

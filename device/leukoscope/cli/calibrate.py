@@ -25,7 +25,8 @@ from pathlib import Path
 import cv2
 
 from leukoscope.analysis.calibration import ScaleCalibration, micrometer_scale, smear_scale
-from leukoscope.config import load_config
+from leukoscope.cli.args import add_config_argument
+from leukoscope.config import config_path, load_config
 from leukoscope.core.errors import LeukoscopeError
 from leukoscope.core.imageio import load_image
 
@@ -107,6 +108,7 @@ def cmd_smear(args: argparse.Namespace) -> int:
 def cmd_blank(args: argparse.Namespace) -> int:
     """Keep a blank-field photo as the rig's flat-field reference."""
     rgb = load_image(args.photo)
+    args.config = config_path(args.config)
     cfg = load_config(args.config)
     cfg.paths.state_dir.mkdir(parents=True, exist_ok=True)
     dest = cfg.paths.state_dir / BLANK_FIELD_NAME
@@ -135,13 +137,13 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     m = ways.add_parser("micrometer", help="scale from a stage micrometer photo")
     m.add_argument("photo", type=Path)
     m.add_argument("--spacing-um", type=float, default=10.0, help="line spacing (default 10)")
-    m.add_argument("--config", type=Path, default=None, help=cfg_help)
+    add_config_argument(m, cfg_help)
     m.set_defaults(func=_run, calibrate=cmd_micrometer)
     s = ways.add_parser("smear", help="scale from the red cells of several normal fields")
     s.add_argument("photos", type=Path, nargs="+")
-    s.add_argument("--config", type=Path, default=None, help=cfg_help)
+    add_config_argument(s, cfg_help)
     s.set_defaults(func=_run, calibrate=cmd_smear)
     b = ways.add_parser("blank", help="keep a photo of an empty field as the flat-field reference")
     b.add_argument("photo", type=Path)
-    b.add_argument("--config", type=Path, required=True, help="the config to write")
+    add_config_argument(b, "the config to write (default: as `run`)")
     b.set_defaults(func=_run, calibrate=cmd_blank)

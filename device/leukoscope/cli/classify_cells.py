@@ -19,7 +19,7 @@ from typing import Any
 from leukoscope.analysis.analysers import CellAnalyser
 from leukoscope.analysis.cells import normalise
 from leukoscope.analysis.single_cell import centre_cell
-from leukoscope.cli.args import add_image_arguments, one_line
+from leukoscope.cli.args import add_image_arguments, file_error_line, one_line
 from leukoscope.core.errors import LeukoscopeError
 from leukoscope.core.imageio import iter_image_paths
 from leukoscope.model.bundle import load_bundle
@@ -59,7 +59,7 @@ def cmd_classify_cells(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"file": str(path), "error": str(exc)}), flush=True)
             else:
-                print(one_line(f"{path}: error: {exc}"), flush=True)
+                print(file_error_line(path, exc), flush=True)
             continue
         blast = p >= settings.cell_cut
         if args.json:

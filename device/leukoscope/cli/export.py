@@ -42,6 +42,7 @@ from PIL import Image
 from leukoscope.analysis.detection import WhiteCell, crop_cells
 from leukoscope.appliance.records import COLUMNS, Record, RecordReader
 from leukoscope.appliance.samples import SampleCell, SampleReader, record_cells
+from leukoscope.cli.args import add_config_argument
 from leukoscope.config import DEFAULT_CONFIG_PATH, config_path, load_config
 from leukoscope.core.errors import LeukoscopeError
 
@@ -272,7 +273,7 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = sub.add_parser(
         "export", help="write new records and reviewed cells (CSV, PNG crops, SHA256SUMS)"
     )
-    p.add_argument("--config", type=Path, default=None, help="config file (default: as `run`)")
+    add_config_argument(p)
     p.add_argument("--out", type=Path, required=True, help="a new folder, or FILE.tar")
     p.add_argument(
         "--since-record",

@@ -1,4 +1,7 @@
-"""The `leukoscope` command: classify images, benchmark, and (later) run the appliance."""
+"""The `leukoscope` command: run the appliance and talk to it (capture, status, samples,
+models, calibration, export), classify photos offline, and benchmark.
+
+`--config FILE` may be given before or after the subcommand."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 
 from leukoscope import __version__
 from leukoscope.analysis.analysers import CellAnalyser
+from leukoscope.analysis.reasons import reason_text
 from leukoscope.bench import cells as bench_cells
 from leukoscope.bench import whole_field as bench_whole_field
 from leukoscope.cli import appliance as appcli
@@ -23,7 +27,9 @@ from leukoscope.cli import model as modelcli
 from leukoscope.cli import sample as samplecli
 from leukoscope.cli import web as webcli
 from leukoscope.cli.args import (
+    CONFIG_HELP,
     add_image_arguments,
+    file_error_line,
     one_line,
     positive_int,
     px_per_um_arg,
@@ -65,7 +71,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    failures = 0
+    failures = scored = 0
     paths = iter_image_paths(args.paths)
     if not paths:
         print("error: no image files found in the given paths", file=sys.stderr)
@@ -82,7 +88,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"file": str(path), "error": str(exc)}), flush=True)
             else:
-                print(one_line(f"{path}: error: {exc}"), flush=True)
+                print(file_error_line(path, exc), flush=True)
             continue
         ms = (time.perf_counter() - t0) * 1000
         if args.json:
@@ -100,10 +106,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 row["cells"] = None if pred.cells is None else pred.cells.to_json()
             print(json.dumps(row), flush=True)
         else:
+            scored += pred.p_leukemia is not None
             detail = (
-                ", ".join(pred.retake_reasons)
+                "; ".join(reason_text(r) for r in pred.retake_reasons)
                 if pred.p_leukemia is None
-                else f"p_leukemia {pred.p_leukemia:.3f}"
+                else f"leukemia score {pred.p_leukemia:.3f}"
             )
             if pred.cells is not None:
                 c = pred.cells
@@ -118,10 +125,20 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 ),
                 flush=True,
             )
+    if scored:
+        print(score_note(bundle.manifest.thresholds.low, bundle.manifest.thresholds.high))
     if failures:
         print(f"{failures} of {len(paths)} file(s) could not be classified", file=sys.stderr)
         return 1
     return 0
+
+
+def score_note(low: float, high: float) -> str:
+    """What a leukemia score means: the model's output on a 0-1 scale, not a probability."""
+    return (
+        f"leukemia score: the model's 0-1 output, not a probability; below {low:.3f} no "
+        f"leukemia suspected, {high:.3f} or more leukemia suspected, in between indeterminate"
+    )
 
 
 def cmd_demo_images(args: argparse.Namespace) -> int:
@@ -153,9 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leukoscope", description=__doc__)
     parser.add_argument("--version", action="version", version=f"leukoscope {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE", help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("classify", help="classify image files or folders")
+    p = sub.add_parser(
+        "classify",
+        help="classify photos offline (no daemon): verdict and leukemia score per image",
+        description="Classify image files or folders with a model bundle, one line per image "
+        "(JSON Lines with --json). The leukemia score is the model's 0-1 output, not a "
+        "calibrated probability: the bundle's thresholds turn it into a verdict (below "
+        "`low` no leukemia suspected, `high` or more leukemia suspected, in between "
+        "indeterminate).",
+    )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     add_image_arguments(
         p,
@@ -176,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     exportcli.add_subcommands(sub)
     samplecli.add_subcommands(sub)
 
-    p = sub.add_parser("bench", help="time decode, preprocess and inference (prints figures)")
+    p = sub.add_parser(
+        "bench", help="time a whole-field bundle: decode, preprocess, inference (prints figures)"
+    )
     p.add_argument("--bundle", type=Path, default=None, help="model bundle folder")
     p.add_argument("--runs", type=positive_int, default=30, help="runs per stage (median taken)")
     p.add_argument("--report", type=Path, default=None, help="write a Markdown report here")
@@ -200,9 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, default=None, help="write a Markdown report here")
     p.set_defaults(func=cmd_bench_cells)
 
-    p = sub.add_parser("demo-images", help="write synthetic smear fields")
+    p = sub.add_parser(
+        "demo-images",
+        help="write synthetic smear fields, one per outcome (for make run's replay camera)",
+    )
     p.add_argument("folder", type=Path)
-    p.add_argument("--count", type=positive_int, default=6)
+    p.add_argument(
+        "--count",
+        type=positive_int,
+        default=6,
+        help="fields to write (default 6: no leukemia suspected, leukemia suspected, "
+        "indeterminate, retakes for focus, exposure, no white cells; then again)",
+    )
     p.set_defaults(func=cmd_demo_images)
     return parser
 

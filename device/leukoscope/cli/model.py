@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from leukoscope.cli.args import add_config_argument
 from leukoscope.config import DEFAULT_CONFIG_PATH, config_path, load_config
 from leukoscope.core.errors import LeukoscopeError
 from leukoscope.model.bundle import load_bundle
@@ -33,18 +34,23 @@ EXIT_ROLLED_BACK = 3
 def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `model` and its subcommands to the `leukoscope` parser."""
     p = sub.add_parser("model", help="install, list, activate, roll back and verify models")
-    p.add_argument("--config", type=Path, default=None, help="config file (default: as `run`)")
+    add_config_argument(p)
     msub = p.add_subparsers(dest="model_command", required=True)
     q = msub.add_parser("install", help="check a bundle folder and add it to the store")
+    add_config_argument(q)
     q.add_argument("bundle", type=Path, help="bundle folder (e.g. an uploaded one)")
     q.add_argument("--activate", action="store_true", help="also make it the running model")
     q = msub.add_parser("list", help="installed models, the active one, what the daemon runs")
     q.add_argument("--json", action="store_true", help="machine-readable output")
+    add_config_argument(q)
     q = msub.add_parser("activate", help="make an installed model the running one")
     q.add_argument("version", help="version id (or a unique prefix, or NAME-VERSION)")
-    msub.add_parser("rollback", help="go back to the previous model")
+    add_config_argument(q)
+    q = msub.add_parser("rollback", help="go back to the previous model")
+    add_config_argument(q)
     q = msub.add_parser("verify", help="re-check installed models (all by default) or a folder")
     q.add_argument("targets", nargs="*", metavar="VERSION|FOLDER")
+    add_config_argument(q)
     p.set_defaults(func=cmd_model)
 
 

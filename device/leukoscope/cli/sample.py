@@ -23,9 +23,15 @@ from leukoscope.analysis.analysers import CellAnalyser
 from leukoscope.analysis.decision import Verdict
 from leukoscope.analysis.differential import Differential, count
 from leukoscope.analysis.overlap import fingerprint, shared_fraction
+from leukoscope.analysis.reasons import reason_text
 from leukoscope.appliance.control import request
 from leukoscope.appliance.samples import check_sample_id
-from leukoscope.cli.args import add_image_arguments, one_line
+from leukoscope.cli.args import (
+    add_config_argument,
+    add_image_arguments,
+    file_error_line,
+    one_line,
+)
 from leukoscope.config import SampleConfig, config_path, load_config
 from leukoscope.core.errors import LeukoscopeError
 from leukoscope.core.imageio import iter_image_paths
@@ -137,7 +143,7 @@ def cmd_analyse(args: argparse.Namespace) -> int:
         cells = result.cells
         if result.verdict is Verdict.RETAKE or cells is None:
             f.status = "retake"
-            why = result.retake_message or ", ".join(result.retake_reasons) or "retake"
+            why = "; ".join(reason_text(r) for r in result.retake_reasons) or "retake"
             f.message = f"{why}; not counted ({_so_far(d)})"
         else:
             fp = fingerprint(rgb)
@@ -172,7 +178,7 @@ def _print_field(f: _Field, as_json: bool) -> None:
         print(json.dumps(asdict(f)), flush=True)
         return
     if f.status == "error":
-        print(one_line(f"{f.file}: error: {f.message}"), flush=True)
+        print(file_error_line(Path(f.file), f.message), flush=True)
         return
     counts = f" ({f.n_cells} white cells, {f.n_blasts} blasts)" if f.status == "counted" else ""
     where = f"field {f.field} " if f.field is not None else ""
@@ -220,7 +226,6 @@ def _print_sample(sample_id: str, d: Differential, corrected: bool, m: Any, as_j
 
 def add_subcommands(sub: Any) -> None:
     """Register `leukoscope sample ...` on the `leukoscope` parser."""
-    cfg_help = "config file (default: $LEUKOSCOPE_CONFIG or /etc/leukoscope/config.toml)"
     top = sub.add_parser("sample", help="samples: one patient's smear counted across fields")
     ss = top.add_subparsers(dest="sample_command", required=True)
 
@@ -231,7 +236,7 @@ def add_subcommands(sub: Any) -> None:
     ):
         p = ss.add_parser(name, help=what)
         p.add_argument("sample_id", metavar="ID")
-        p.add_argument("--config", type=Path, default=None, help=cfg_help)
+        add_config_argument(p)
         if name == "show":
             p.add_argument("--json", action="store_true", help="the whole sample as JSON")
         p.set_defaults(func=func)

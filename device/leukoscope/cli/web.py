@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from leukoscope.bench import web as bench_web
-from leukoscope.cli.args import positive_int
+from leukoscope.cli.args import add_config_argument, positive_int
 from leukoscope.config import config_path, load_config
 from leukoscope.web.auth import write_password_file
 
@@ -53,10 +53,8 @@ def cmd_bench_web(args: argparse.Namespace) -> int:
 
 def add_subcommands(sub: Any) -> None:
     """Register the status page's subcommands on the `leukoscope` parser."""
-    cfg_help = "config file (default: $LEUKOSCOPE_CONFIG or /etc/leukoscope/config.toml)"
-
     p = sub.add_parser("set-password", help="set the status page's password")
-    p.add_argument("--config", type=Path, default=None, help=cfg_help)
+    add_config_argument(p)
     p.add_argument("--file", type=Path, default=None, help="hash file (default: web.password_file)")
     p.add_argument("--stdin", action="store_true", help="read the password from stdin (scripts)")
     p.set_defaults(func=cmd_set_password)

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 
 from leukoscope.core.errors import BundleError
-from leukoscope.model.runtime import interpreter_class
+from leukoscope.model.runtime import interpreter_class, runtime_notes_silenced
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,9 @@ class TFLiteClassifier:
         """
         interpreter_cls, self.runtime = interpreter_class()
         try:
-            self._interp = interpreter_cls(model_content=model, num_threads=num_threads)
-            self._interp.allocate_tensors()
+            with runtime_notes_silenced():  # its XNNPACK note on every load
+                self._interp = interpreter_cls(model_content=model, num_threads=num_threads)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise BundleError(f"{name}: the runtime cannot load this model ({exc})") from None
         inputs = self._interp.get_input_details()

@@ -12,12 +12,12 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context, url_for
 from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable, UnsupportedMediaType
 
+from leukoscope.analysis.reasons import reason_text
 from leukoscope.appliance.records import EXPORT_PAGE, Record, RecordFilter
 from leukoscope.web import params
 from leukoscope.web.common import ctx, login_required
 from leukoscope.web.overlay import cell_counts
 from leukoscope.web.prometheus import render_metrics
-from leukoscope.web.reasons import reason_text
 from leukoscope.web.source import CaptureRefusedError
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
