@@ -9,15 +9,13 @@ RUN_DIR := .run
 # The laptop config: replay camera over $(RUN_DIR)/demo-images, mock GPIO, state in $(RUN_DIR)/state.
 RUN_CONFIG ?= device/leukoscope/configs/laptop.toml
 
-.PHONY: run test quick lint typecheck unit test-np124 bench clean help system-deps fault pi-check
+.PHONY: run test quick lint typecheck unit test-np124 bench clean help system-deps
 
 help:
 	@echo "make run    - start the appliance on this machine (replay camera, mock GPIO, shipped model)"
 	@echo "make test   - lint, type checks and the whole test suite (numpy 2 and numpy 1.24)"
 	@echo "make quick  - lint, the import layers and the fast tests (a few minutes)"
 	@echo "make bench  - print speed and memory figures (not a test)"
-	@echo "make fault  - the fault campaign: kills, HTTP and image fuzz (about 10 minutes)"
-	@echo "make pi-check - the device install and tests in an arm64 Bookworm root under qemu"
 
 $(VENV)/.installed: pyproject.toml constraints/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -76,17 +74,6 @@ quick: lint
 bench: $(VENV)/.installed
 	$(VENV)/bin/leukoscope bench
 	$(VENV)/bin/leukoscope bench-daemon
-
-# Issue 17's fault campaign against a real daemon on 127.0.0.1: SIGKILLs during captures and
-# model installs, hostile HTTP, odd image files. Prints the table, writes build/fault-campaign.md
-# and fails if anything was lost, corrupt, a 5xx or a crash (a short run is in `make test`).
-fault: $(VENV)/.installed
-	$(PY) -m tests.fault_campaign --report build/fault-campaign.md
-
-# The device as on a Pi, in an arm64 Debian Bookworm root under qemu user emulation (qemu 10
-# or newer): a built wheel under constraints/pi.txt, then the device tests. Not in `make test`.
-pi-check:
-	tools/pi-check.sh
 
 clean:
 	rm -rf $(VENV) $(VENV_NP124) $(RUN_DIR) build *.egg-info
