@@ -448,7 +448,7 @@ def test_the_report_has_everything_on_one_page(client: FlaskClient, source: Fake
         in page
     )
     assert re.search(
-        r'<time class="local" datetime="[^"]+">\d{4}-\d\d-\d\d \d\d:\d\d UTC</time>', page
+        r'<time class="local" datetime="[^"]+">\d{4}-\d\d-\d\d \d\d:\d\d \(UTC[^)]*\)</time>', page
     )
     css = client.get("/static/style.css").get_data(as_text=True)
     assert "@media print" in css

@@ -46,6 +46,28 @@ class Box:
 
 
 @dataclass(frozen=True)
+class Label:
+    """A box's percentage, placed in CSS pixels over the photo (by percentages of it)."""
+
+    x_pct: float
+    y_pct: float
+    #: The text's offset from the box's top edge (CSS px): above the box, or inside it
+    #: when the box touches the photo's top.
+    dy: int
+    #: "start" at the box's left edge, or "end" at its right edge near the photo's right
+    #: side, so the label is never cut off at either edge.
+    anchor: str
+    text: str
+    kind: str
+
+
+#: Boxes whose left edge is past this share of the photo get their label right-aligned.
+LABEL_RIGHT_FROM = 0.8
+#: Boxes nearer the top than this share of the photo get their label inside the box.
+LABEL_INSIDE_ABOVE = 0.08
+
+
+@dataclass(frozen=True)
 class CellView:
     """What the detail page shows of a record's cells: counts, and the boxes to draw."""
 
@@ -67,6 +89,29 @@ class CellView:
     def font_px(self) -> float:
         """Label size in the photo's pixels: readable whatever its resolution."""
         return round(max(10.0, (self.width or 0) / 55.0), 1)
+
+    @property
+    def labels(self) -> list[Label]:
+        """The boxes' percentages as labels of a fixed screen size (>= 11 CSS px on a
+        phone, where labels in the photo's own pixels shrank to 6 px)."""
+        if not self.width or not self.height:
+            return []
+        out = []
+        for b in self.boxes:
+            right = b.x / self.width > LABEL_RIGHT_FROM
+            x = (b.x + b.width) if right else b.x
+            inside = b.y / self.height < LABEL_INSIDE_ABOVE
+            out.append(
+                Label(
+                    round(100.0 * x / self.width, 2),
+                    round(100.0 * b.y / self.height, 2),
+                    13 if inside else -3,
+                    "end" if right else "start",
+                    b.short,
+                    b.kind,
+                )
+            )
+        return out
 
     @property
     def stroke_px(self) -> float:

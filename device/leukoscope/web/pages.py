@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,12 +18,13 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import BadRequest, TooManyRequests
 
-from leukoscope.appliance.records import OUTCOMES
-from leukoscope.web import params
+from leukoscope.appliance.records import OUTCOMES, RecordFilter
+from leukoscope.web import charts, display, params
 from leukoscope.web.api import listing_args, public, status_json
 from leukoscope.web.auth import MAX_PASSWORD_CHARS, PasswordFileError, new_csrf_token
 from leukoscope.web.common import ctx, error_response, login_required
-from leukoscope.web.overlay import cell_view
+from leukoscope.web.modelview import summarise
+from leukoscope.web.overlay import CellView, cell_view
 from leukoscope.web.reasons import reason_text
 from leukoscope.web.source import CaptureRefusedError
 
@@ -32,10 +35,65 @@ def _page(template: str, code: int = 200, **values: Any) -> tuple[str, int]:
     return render_template(template, **values), code
 
 
+#: The history chart's days, and at most how many records its pictures read.
+CHART_DAYS = 14
+CHART_MAX_RECORDS = 20_000
+
+
+def _latest_view(s: dict[str, Any]) -> CellView | None:
+    """The latest result's white-cell boxes for the banner's thumbnail (None: none)."""
+    last = s.get("last_result")
+    if not isinstance(last, dict) or not isinstance(last.get("id"), int):
+        return None
+    rec = ctx().source.get_result(last["id"])
+    return None if rec is None else cell_view(rec.cells)
+
+
 @bp.get("/")
 def status() -> tuple[str, int]:
-    """The appliance's state, the live view, and the latest result."""
-    return _page("status.html", active="status", s=status_json())
+    """The verdict of the latest result first, then the appliance's state and the live view."""
+    s = status_json()
+    return _page("status.html", active="status", s=s, cv=_latest_view(s))
+
+
+@bp.get("/status/latest")
+def latest() -> tuple[str, int]:
+    """The latest result's banner and details alone (the status page's script swaps it in
+    when a new result arrives, so the page and the script draw it the same way)."""
+    s = status_json()
+    return _page("_latest.html", s=s, cv=_latest_view(s))
+
+
+def _thresholds() -> tuple[float | None, float | None]:
+    """The current model's verdict thresholds (low, high), or Nones."""
+    for b in ctx().source.models():
+        th = b.get("thresholds")
+        if b.get("role") == "current" and isinstance(th, list | tuple) and len(th) == 2:
+            lo, hi = th
+            if isinstance(lo, int | float) and isinstance(hi, int | float):
+                return float(lo), float(hi)
+    return None, None
+
+
+def history_charts(today: date | None = None) -> tuple[charts.HistoryChart, charts.ScoreChart]:
+    """The last CHART_DAYS days' results per day, and their leukemia scores."""
+    zone = display.local_zone()
+    today = today or datetime.now(zone).date()
+    # the filter's days are UTC days: take one more, the chart keeps the local ones
+    start = today - timedelta(days=CHART_DAYS)
+    records = list(
+        itertools.islice(ctx().source.export(RecordFilter(date_from=start)), CHART_MAX_RECORDS)
+    )
+    per_day = charts.history_chart(
+        ((r.created_unix, r.outcome) for r in records), today, zone, CHART_DAYS
+    )
+    first = per_day.days[0].day
+    scores = (
+        r.p_leukemia
+        for r in records
+        if r.p_leukemia is not None and charts.local_day(r.created_unix, zone) >= first
+    )
+    return per_day, charts.score_chart(scores, *_thresholds())
 
 
 @bp.get("/history")
@@ -67,6 +125,7 @@ def history() -> tuple[str, int]:
         newest=before is not None,
         export_url=url_for("api.export_csv", **query),
         newest_url=url_for("pages.history", limit=limit, **query),
+        charts=history_charts() if before is None else None,
     )
 
 
@@ -83,7 +142,8 @@ def result(record_id: str) -> tuple[str, int]:
 @bp.get("/model")
 def model() -> tuple[str, int]:
     """The current and previous model bundles, their cards and metrics."""
-    return _page("model.html", active="model", bundles=ctx().source.models())
+    bundles = ctx().source.models()
+    return _page("model.html", active="model", bundles=[(b, summarise(b)) for b in bundles])
 
 
 @bp.get("/health")
@@ -180,6 +240,11 @@ def pct(value: float | None) -> str:
 
 
 bp.app_template_filter("reason")(reason_text)
+bp.app_template_filter("label")(display.label)
+bp.app_template_filter("value")(display.value)
+bp.app_template_filter("rows")(display.rows)
+bp.app_template_filter("local_text")(display.local_text)
+bp.app_template_filter("utc_iso")(display.utc_iso)
 
 
 @bp.app_template_filter("mib")

@@ -152,17 +152,3 @@ def review(sample_id: str, record_id: str, cell_index: str) -> ResponseReturnVal
     session["reviewer"] = check_reviewer(who)
     anchor = f"cell-{cell.record_id}-{cell.cell_index}"
     return redirect(url_for("sample_pages.sample", sample_id=s.id, _anchor=anchor), code=303)
-
-
-@bp.app_template_filter("utc_text")
-def utc_text(iso: str | None) -> str:
-    """A stored ISO time as "YYYY-MM-DD HH:MM UTC" (the page's script shows it in local time)."""
-    if not iso:
-        return "–"
-    try:
-        when = datetime.fromisoformat(iso)
-    except ValueError:
-        return iso
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -12,14 +12,19 @@
     return when.getFullYear() + "-" + two(when.getMonth() + 1) + "-" + two(when.getDate()) + " " +
       two(when.getHours()) + ":" + two(when.getMinutes()) + " (" + (off === 0 ? "UTC" : zone) + ")";
   }
-  for (const el of document.querySelectorAll("time.local[datetime]")) {
-    const when = new Date(el.getAttribute("datetime"));
-    if (!isNaN(when)) {
-      el.title = el.textContent;
-      el.textContent = local(when);
-      el.classList.add("shown-local");
+  // The server wrote the appliance's local time; this browser's may differ.
+  function showLocal(root) {
+    for (const el of root.querySelectorAll("time.local[datetime]:not(.shown-local)")) {
+      const when = new Date(el.getAttribute("datetime"));
+      if (!isNaN(when)) {
+        el.title = el.textContent + " on the appliance";
+        el.textContent = local(when);
+        el.classList.add("shown-local");
+      }
     }
   }
+  window.leukoscopeShowLocal = showLocal;
+  showLocal(document);
   const print = document.getElementById("print-button");
   if (print) print.addEventListener("click", () => window.print());
 })();
@@ -28,56 +33,23 @@
   if (document.body.dataset.page !== "status") return;
   const $ = (id) => document.getElementById(id);
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
-  const VERDICTS = {
-    "no-leukemia-suspected": "No leukemia suspected",
-    "leukemia-suspected": "Leukemia suspected — refer",
-    "indeterminate": "Indeterminate — refer or retake",
-    "retake": "Retake the photo",
-    "fault": "Fault",
-  };
   let seq = Number($("state").dataset.seq || 0);
   let waitingFor = null; // result_seq we are waiting to pass after our capture
   let timer = null;
 
-  function pct(p) { return p === null || p === undefined ? "–" : (100 * p).toFixed(1) + " %"; }
-
-  function kvTable(obj) {
-    const table = document.createElement("table");
-    table.className = "kv";
-    for (const [k, v] of Object.entries(obj || {})) {
-      const tr = table.insertRow();
-      const th = document.createElement("th");
-      th.textContent = k;
-      tr.appendChild(th);
-      tr.insertCell().textContent = String(v);
-    }
-    return table;
-  }
-
-  function showResult(r) {
-    $("last-empty").hidden = !!r;
-    $("last-body").hidden = !r;
-    if (!r) return;
-    const v = document.createElement("span");
-    v.className = "verdict v-" + r.outcome;
-    v.textContent = VERDICTS[r.outcome] || r.outcome;
-    $("last-verdict").replaceChildren(v);
-    $("last-p").textContent = pct(r.p_leukemia);
-    $("last-time").textContent = r.created_at || "";
-    $("last-sample").textContent = r.sample_id || "–";
-    const said = r.retake_messages || r.retake_reasons || [];
-    $("last-reasons").textContent = said.length ? "Retake: " + said.join("; ") : "";
-    const cc = r.cell_counts;
-    $("last-cells").hidden = !cc;
-    $("last-cells-found").textContent = cc && cc.n_found !== null ? String(cc.n_found) : "–";
-    $("last-cells-blasts").textContent = cc && cc.n_blasts !== null ? String(cc.n_blasts) : "–";
-    $("last-error").textContent = r.error || "";
-    const img = $("last-image");
-    if (r.image_url) { img.src = r.image_url; img.hidden = false; } else { img.hidden = true; }
-    $("last-quality").replaceChildren(kvTable(r.quality));
-    $("last-timings").replaceChildren(kvTable(r.timings_ms));
-    const link = $("last-link");
-    if (r.page_url) { link.href = r.page_url; link.hidden = false; } else { link.hidden = true; }
+  // A new result: the server draws its banner (one template for the page and for this).
+  async function showLatest() {
+    try {
+      const resp = await fetch("/status/latest", { cache: "no-store", credentials: "same-origin" });
+      if (!resp.ok) return;
+      const html = await resp.text();
+      const doc = new DOMParser().parseFromString(html, "text/html");
+      const fresh = doc.getElementById("last-result");
+      if (!fresh) return;
+      const box = $("latest");
+      box.replaceChildren(document.importNode(fresh, true));
+      window.leukoscopeShowLocal(box);
+    } catch (e) { /* the next poll tries again */ }
   }
 
   function readyLine(s) {
@@ -97,16 +69,21 @@
       li.textContent = part + ": " + msg;
       faults.appendChild(li);
     }
+    $("fault-banner").hidden = faults.childElementCount === 0;
     $("indicator").textContent = s.indicator;
     $("model-label").textContent = s.model ? s.model.name + " " + s.model.version : "none";
     if (s.result_seq !== seq) {
       seq = s.result_seq;
-      showResult(s.last_result);
+      showLatest();
     }
     const button = $("capture-button");
     if (waitingFor !== null && s.result_seq > waitingFor) {
       waitingFor = null;
-      $("capture-msg").textContent = "Done.";
+      $("capture-msg").textContent = "Done: the verdict is at the top of the page.";
+      // The id is not kept for the next photo: only the open sample (if any) is named.
+      const field = $("sample-id");
+      if (field) field.value = s.active_sample || "";
+      window.scrollTo({ top: 0, behavior: "smooth" });
     }
     if (button) button.disabled = waitingFor !== null || s.phase === "busy";
   }
