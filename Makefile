@@ -9,13 +9,14 @@ RUN_DIR := .run
 # The laptop config: replay camera over $(RUN_DIR)/demo-images, mock GPIO, state in $(RUN_DIR)/state.
 RUN_CONFIG ?= device/leukoscope/configs/laptop.toml
 
-.PHONY: run test quick lint typecheck unit test-np124 bench clean help system-deps
+.PHONY: run test quick lint typecheck unit test-np124 bench clean help system-deps fault
 
 help:
 	@echo "make run    - start the appliance on this machine (replay camera, mock GPIO, shipped model)"
 	@echo "make test   - lint, type checks and the whole test suite (numpy 2 and numpy 1.24)"
 	@echo "make quick  - lint, the import layers and the fast tests (a few minutes)"
 	@echo "make bench  - print speed and memory figures (not a test)"
+	@echo "make fault  - the fault campaign: kills, HTTP and image fuzz (about 10 minutes)"
 
 $(VENV)/.installed: pyproject.toml constraints/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +34,6 @@ $(VENV_NP124)/.installed: pyproject.toml constraints/np124.txt constraints/pi.tx
 
 run: $(VENV)/.installed
 	$(VENV)/bin/leukoscope demo-images $(RUN_DIR)/demo-images >/dev/null
-	@# The laptop config runs the model store's active bundle, as a Pi does: the shipped one at first.
-	@if [ "$(RUN_CONFIG)" = device/leukoscope/configs/laptop.toml ] && [ ! -e $(RUN_DIR)/state/models/active ]; then \
-		$(VENV)/bin/leukoscope model install --activate models/default --config $(RUN_CONFIG); fi
 	@echo "take a photo from another terminal: $(VENV)/bin/leukoscope capture --config $(RUN_CONFIG)"
 	$(VENV)/bin/leukoscope run --config $(RUN_CONFIG)
 
@@ -74,6 +72,12 @@ quick: lint
 bench: $(VENV)/.installed
 	$(VENV)/bin/leukoscope bench
 	$(VENV)/bin/leukoscope bench-daemon
+
+# Issue 17's fault campaign against a real daemon on 127.0.0.1: SIGKILLs during captures and
+# model installs, hostile HTTP, odd image files. Prints the table, writes build/fault-campaign.md
+# and fails if anything was lost, corrupt, a 5xx or a crash (a short run is in `make test`).
+fault: $(VENV)/.installed
+	$(PY) -m tests.fault_campaign --report build/fault-campaign.md
 
 clean:
 	rm -rf $(VENV) $(VENV_NP124) $(RUN_DIR) build *.egg-info
