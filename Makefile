@@ -34,6 +34,9 @@ $(VENV_NP124)/.installed: pyproject.toml constraints/np124.txt constraints/pi.tx
 
 run: $(VENV)/.installed
 	$(VENV)/bin/leukoscope demo-images $(RUN_DIR)/demo-images >/dev/null
+	@# The laptop config runs the model store's active bundle, as a Pi does: the shipped one at first.
+	@if [ "$(RUN_CONFIG)" = device/leukoscope/configs/laptop.toml ] && [ ! -e $(RUN_DIR)/state/models/active ]; then \
+		$(VENV)/bin/leukoscope model install --activate models/default --config $(RUN_CONFIG); fi
 	@echo "take a photo from another terminal: $(VENV)/bin/leukoscope capture --config $(RUN_CONFIG)"
 	$(VENV)/bin/leukoscope run --config $(RUN_CONFIG)
 
