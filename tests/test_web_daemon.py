@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,6 +52,23 @@ def client(daemon: DaemonProcess) -> Session:
 def get_json(s: Session, path: str) -> tuple[int, dict]:
     status, data, _ = s.request("GET", path)
     return status, json.loads(data)
+
+
+def test_a_web_capture_reply_leads_to_its_record(client):
+    """202 with a URL to poll; the poll gives the record's id and URL once it is made."""
+    status, data, _ = client.request(
+        "POST", "/api/capture", b"{}",
+        {"Content-Type": "application/json", "X-CSRF-Token": client.csrf},
+    )  # fmt: skip
+    assert status == 202, data
+    poll = json.loads(data)["poll_url"]
+    deadline = time.monotonic() + 60
+    while not (state := get_json(client, poll)[1])["done"]:
+        assert time.monotonic() < deadline, "the capture never finished"
+        time.sleep(0.05)
+    status, record = get_json(client, state["url"])
+    assert status == 200 and record["id"] == state["record_id"]
+    assert record["trigger"] == "web" and record["outcome"] == state["outcome"]
 
 
 def test_a_web_capture_is_recorded_with_its_model_and_image(client, store_bundle):

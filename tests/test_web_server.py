@@ -138,7 +138,7 @@ def _daemon_stub(tmp_path: Path, **web: object) -> object:
     return SimpleNamespace(cfg=cfg, store=store, state=state, lockout_clearers=[])
 
 
-def test_the_daemon_runs_on_when_its_page_cannot_listen(tmp_path: Path, caplog):
+def test_serve_daemon_raises_when_its_page_cannot_listen(tmp_path: Path):
     from leukoscope.app import serve_daemon
 
     assert serve_daemon(_daemon_stub(tmp_path, enabled=False)) is None  # type: ignore[arg-type]
@@ -147,5 +147,33 @@ def test_the_daemon_runs_on_when_its_page_cannot_listen(tmp_path: Path, caplog):
         taken.listen()
         port = taken.getsockname()[1]
         stub = _daemon_stub(tmp_path, port=port)
-        assert serve_daemon(stub) is None  # type: ignore[arg-type]
-    assert f"no status page: cannot serve the status page on 127.0.0.1:{port}" in caplog.text
+        said = f"cannot serve the status page on 127.0.0.1:{port}"
+        with pytest.raises(WebServerError, match=said):
+            serve_daemon(stub)  # type: ignore[arg-type]
+
+
+def test_the_daemon_exits_when_its_port_is_taken(tmp_path: Path):
+    """Not a daemon without a page (and /healthz answered by whatever holds the port): a
+    clear error and exit 69, so systemd restarts it until the port is free."""
+    from tests.conftest import SHIPPED_BUNDLE
+    from tests.daemon_helpers import DaemonProcess, daemon_config, replay_set
+
+    replay_set(tmp_path / "replay")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = daemon_config(
+            tmp_path,
+            SHIPPED_BUNDLE,
+            tmp_path / "replay",
+            web={"enabled": True, "host": "127.0.0.1", "port": port},
+        )
+        proc = DaemonProcess(cfg)
+        try:
+            rc = proc.proc.wait(60)
+        finally:
+            proc.stop()
+    assert rc == 69, proc.log
+    assert f"cannot start: cannot serve the status page on 127.0.0.1:{port}" in proc.log
+    assert "another program holds the port?" in proc.log

@@ -2,8 +2,9 @@
 
 This is the one module that wires the daemon (`appliance`) and the web server (`web`)
 together, so neither imports the other's wiring. Exit codes: 0 after SIGTERM; 69 when the
-model bundle, the store or the GPIO pins cannot be used at start (systemd restarts it; the
-fault pattern is shown for `daemon.startup_fault_hold_s` first); 78 for an invalid config.
+model bundle, the store, the GPIO pins or the status page's port cannot be used at start
+(systemd restarts it; the fault pattern is shown for `daemon.startup_fault_hold_s` first);
+78 for an invalid config.
 """
 
 from __future__ import annotations
@@ -126,7 +127,13 @@ def run(cfg: Config) -> int:
         stack.callback(button.close)
         control.start()
         # 6. The status page (reads state and records; captures go through request_capture).
-        web = serve_daemon(daemon)
+        # A port held by another program is fatal: running without a page would leave
+        # /healthz answered by whatever holds it, and systemd restarts us until it is free.
+        try:
+            web = serve_daemon(daemon)
+        except WebServerError as exc:
+            msg = f"{exc} (another program holds the port? set [web] port, or enabled = false)"
+            return _startup_fault(None, IndicatorState.OFF, notifier, msg, hold)
         if web is not None:
             stack.callback(web.close)
         # 7. Serve until SIGTERM; the ExitStack closes everything in reverse order.
@@ -139,8 +146,10 @@ def serve_daemon(daemon: Daemon) -> WebServer | None:
     """Start the status page for a running daemon, as its [web] config says.
 
     Returns the started server (close it before the daemon's parts), or None when the
-    page is disabled or its address cannot be bound: the appliance works without it,
-    so that is logged as an error, not a reason to stop the button from working.
+    page is disabled.
+
+    Raises:
+        WebServerError: its address cannot be bound (in use, or not on this machine).
     """
     cfg = daemon.cfg.web
     if not cfg.enabled:
@@ -157,10 +166,9 @@ def serve_daemon(daemon: Daemon) -> WebServer | None:
             threads=cfg.threads,
             hold=capture_hold(daemon.state),
         )
-    except WebServerError as exc:
-        logger.error("no status page: %s", exc)
+    except WebServerError:
         source.close()
-        return None
+        raise
     server.on_close(source.close)
     source.start()
     server.start()

@@ -45,6 +45,8 @@ CSP = (
 )
 #: Endpoints anyone may read even when reading needs a password.
 ALWAYS_OPEN = {"pages.login", "static", "api.healthz"}
+#: State-changing endpoints that need no login (logging in, and out).
+OPEN_ACTIONS = {"pages.login", "pages.logout"}
 
 
 def create_app(source: StatusSource, config: WebConfig) -> Flask:
@@ -98,6 +100,13 @@ def _check_access() -> WResponse | None:
                 raise BadRequest(f"{name} is given {len(values)} times: give it once")
     g.logged_in = logged_in()
     if request.method not in ("GET", "HEAD", "OPTIONS"):
+        if (
+            not g.logged_in
+            and request.endpoint is not None
+            and (request.endpoint not in OPEN_ACTIONS)
+        ):
+            # Without a login the CSRF token is beside the point: say what is missing.
+            return login_required_response()
         sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token")
         if not tokens_equal(sent, session.get("csrf")):
             return error_response(403, "CSRF token missing or invalid: reload the page")

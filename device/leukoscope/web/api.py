@@ -157,7 +157,33 @@ def capture() -> tuple[Response, int]:
         started = ctx().source.request_capture(sample_id)
     except CaptureRefusedError as exc:
         return jsonify({"error": str(exc), "status": exc.status}), exc.status
-    return jsonify({"accepted": True, "sample_id": sample_id, **started}), 202
+    poll = url_for("api.capture_result", capture_id=started["capture_id"])
+    resp = jsonify({"accepted": True, "sample_id": sample_id, **started, "poll_url": poll})
+    resp.headers["Location"] = poll
+    return resp, 202
+
+
+@bp.get("/api/captures/<capture_id>")
+def capture_result(capture_id: str) -> tuple[Response, int]:
+    """Where a capture started by POST /api/capture stands: running (poll again), or done
+    with its record's id and URLs (or why no record was made)."""
+    if not capture_id.isascii() or not capture_id.isdigit() or not 0 < int(capture_id) < 2**63:
+        raise BadRequest("a capture id is a positive integer")
+    cid = int(capture_id)
+    state = ctx().source.capture_result(cid)
+    if state is None:
+        raise NotFound(f"no capture {cid} (only the last few are kept)")
+    out: dict[str, Any] = {"capture_id": cid, **state}
+    if not state["done"]:
+        out["poll_url"] = url_for("api.capture_result", capture_id=cid)
+        resp = jsonify(out)
+        resp.headers["Retry-After"] = "1"
+        return resp, 200
+    rid = state.get("record_id")
+    if isinstance(rid, int):
+        out["url"] = url_for("api.result", record_id=rid)
+        out["page_url"] = url_for("pages.result", record_id=rid)
+    return jsonify(out), 200
 
 
 @bp.post("/api/clock")
@@ -205,7 +231,8 @@ def healthz() -> tuple[Response, int]:
 def metrics() -> Response:
     """Prometheus text format: captures by outcome, stage timings, faults, disk, model."""
     text = render_metrics(ctx().source.metrics())
-    return Response(text, mimetype="text/plain; version=0.0.4; charset=utf-8")
+    # content_type, not mimetype: Flask adds "; charset=utf-8" to a text mimetype again.
+    return Response(text, content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 def csv_cell(value: Any) -> str:
@@ -241,6 +268,6 @@ def export_csv() -> Response:
         yield buf.getvalue()
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    resp = Response(stream_with_context(rows()), mimetype="text/csv; charset=utf-8")
+    resp = Response(stream_with_context(rows()), content_type="text/csv; charset=utf-8")
     resp.headers["Content-Disposition"] = f'attachment; filename="leukoscope-{stamp}.csv"'
     return resp

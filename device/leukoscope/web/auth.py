@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import math
 import os
 import secrets
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from leukoscope.core.errors import LeukoscopeError
 from leukoscope.core.fsutil import fsync_dir
+
+logger = logging.getLogger(__name__)
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -175,11 +178,14 @@ class LoginLimiter:
         self._lock = threading.Lock()
         #: address -> (failures, time of the last one, locked until)
         self._clients: dict[str, tuple[int, float, float]] = {}
+        #: address -> the lockout whose refused attempts are already in the log
+        self._noted: dict[str, float] = {}
 
     def _entry(self, client: str, now: float) -> tuple[int, float, float] | None:
         entry = self._clients.get(client)
         if entry is not None and now - entry[1] > self.forget_s and now >= entry[2]:
             del self._clients[client]
+            self._noted.pop(client, None)
             return None
         return entry
 
@@ -190,7 +196,18 @@ class LoginLimiter:
             entry = self._entry(client, now)
             if entry is None or entry[2] <= now:
                 return 0
-            return max(1, math.ceil(entry[2] - now))
+            wait = max(1, math.ceil(entry[2] - now))
+            first = self._noted.get(client) != entry[2]
+            if first:  # once per lockout: an attacker must not fill the log
+                self._noted[client] = entry[2]
+        if first:
+            logger.warning(
+                "login from %s refused unchecked: locked out until %s (%d s more)",
+                client,
+                _wall_clock(wait),
+                wait,
+            )
+        return wait
 
     def failed(self, client: str, now: float | None = None) -> None:
         """Count one failed attempt by `client`."""
@@ -201,16 +218,31 @@ class LoginLimiter:
                 # Forget the least recently failing address rather than grow without bound.
                 oldest = min(self._clients, key=lambda k: self._clients[k][1])
                 del self._clients[oldest]
+                self._noted.pop(oldest, None)
             failures = (entry[0] if entry else 0) + 1
             wait = 0.0
             if failures >= self.free:
                 wait = min(self.max_s, self.base_s * 2.0 ** min(failures - self.free, 30))
             self._clients[client] = (failures, now, now + wait)
+        # The address and the count, never what was typed.
+        if wait:
+            logger.warning(
+                "failed login from %s (%d in a row): locked out for %d s, until %s",
+                client,
+                failures,
+                math.ceil(wait),
+                _wall_clock(wait),
+            )
+        else:
+            logger.warning("failed login from %s (%d in a row)", client, failures)
 
     def succeeded(self, client: str) -> None:
         """Forget a client's failures after it logged in."""
         with self._lock:
-            self._clients.pop(client, None)
+            entry = self._clients.pop(client, None)
+            self._noted.pop(client, None)
+        if entry is not None:
+            logger.info("login from %s after %d failed attempt(s)", client, entry[0])
 
     def clear(self) -> int:
         """Forget every address's failures (the physical override); how many were locked."""
@@ -218,7 +250,13 @@ class LoginLimiter:
             now = time.monotonic()
             locked = sum(1 for _n, _t, until in self._clients.values() if until > now)
             self._clients.clear()
+            self._noted.clear()
         return locked
+
+
+def _wall_clock(seconds_from_now: float) -> str:
+    """The local time `seconds_from_now` ahead, to the second, with its zone."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(time.time() + seconds_from_now))
 
 
 def new_csrf_token() -> str:

@@ -77,7 +77,9 @@ def wants_json() -> bool:
 def login_required_response() -> WResponse:
     """401 for the API; for pages, the login page, coming back here afterwards."""
     if wants_json() or request.method != "GET":
-        return error_response(401, "login required")
+        return error_response(
+            401, "login required: log in at /login first (actions also need the X-CSRF-Token)"
+        )
     return redirect(url_for("pages.login", next=request.full_path.rstrip("?")))
 
 

@@ -31,7 +31,13 @@ from leukoscope.appliance.samples import CellReview, Sample, SampleCell, SampleE
 from leukoscope.core.errors import BundleError, CameraError, ConfigError, StoreError
 from leukoscope.model.manifest import MANIFEST, read_manifest
 from leukoscope.web import system
-from leukoscope.web.source import CaptureRefusedError, Preview, SamplePage, SampleRefusedError
+from leukoscope.web.source import (
+    CaptureLog,
+    CaptureRefusedError,
+    Preview,
+    SamplePage,
+    SampleRefusedError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +85,8 @@ class DaemonSource:
         self._refresher: threading.Thread | None = None
         self._closing = threading.Event()
         self._wake = threading.Event()
+        #: Captures started from the page, to follow each to its record.
+        self.captures = CaptureLog()
 
     def start(self) -> None:
         """Start the live view's refresher (call from the daemon's thread: threads inherit
@@ -176,7 +184,12 @@ class DaemonSource:
             raise CaptureRefusedError(f"cannot store the sample: {exc}", 503) from None
         if ticket is None:
             raise CaptureRefusedError("busy: a capture is already running", 409)
-        return {"result_seq": seq}
+        capture_id = self.captures.add(lambda: ticket.result if ticket.done.is_set() else None)
+        return {"result_seq": seq, "capture_id": capture_id}
+
+    def capture_result(self, capture_id: int) -> dict[str, Any] | None:
+        """See StatusSource."""
+        return self.captures.get(capture_id)
 
     def preview(self) -> Preview:
         """See StatusSource: the refresher's latest frame (marked paused during a capture)."""

@@ -37,7 +37,7 @@ from leukoscope.web import create_app
 from leukoscope.web.auth import write_password_file
 from leukoscope.web.fake_samples import FakeSamples
 from leukoscope.web.server import WebServer
-from leukoscope.web.source import CaptureRefusedError, Preview, SamplePage
+from leukoscope.web.source import CaptureLog, CaptureRefusedError, Preview, SamplePage
 
 MODEL = {"name": "fake-model", "version": "1.2.3", "sha256": "ab" * 32}
 #: The outcomes fake captures cycle through.
@@ -158,6 +158,8 @@ class FakeSource:
         self, images_dir: Path, *, capture_s: float = 0.05, cells_mode: bool = False
     ) -> None:
         self.images_dir = Path(images_dir)
+        #: Captures started from the page, to follow each to its record.
+        self.captures = CaptureLog()
         #: Captures give per-cell results, as with a `cells` bundle.
         self.cells_mode = cells_mode
         self.images_dir.mkdir(parents=True, exist_ok=True)
@@ -364,9 +366,16 @@ class FakeSource:
                 self.samples.add_field(sample_id or "", rec)
             with self._lock:
                 self.phase = "ready"
+            made.append(rec.to_json())
 
+        made: list[dict[str, Any]] = []
+        capture_id = self.captures.add(lambda: made[0] if made else None)
         threading.Thread(target=work, name="fake-capture", daemon=True).start()
-        return {"result_seq": seq}
+        return {"result_seq": seq, "capture_id": capture_id}
+
+    def capture_result(self, capture_id: int) -> dict[str, Any] | None:
+        """See StatusSource."""
+        return self.captures.get(capture_id)
 
     def add_field(
         self,

@@ -427,6 +427,6 @@ def samples_csv() -> Response:
             before = page.next_before
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    resp = Response(rows(), mimetype="text/csv; charset=utf-8")
+    resp = Response(rows(), content_type="text/csv; charset=utf-8")
     resp.headers["Content-Disposition"] = f'attachment; filename="leukoscope-samples-{stamp}.csv"'
     return resp

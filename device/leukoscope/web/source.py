@@ -12,7 +12,9 @@ and reviewed through the daemon (its one writer).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,6 +61,46 @@ class Preview:
     taken_at: float
 
 
+class CaptureLog:
+    """The last captures started from the page, each under a number the API hands out, so
+    a client can follow its capture to the record it made (`GET /api/captures/<n>`)."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._next = 1
+        self._results: OrderedDict[int, Callable[[], dict[str, Any] | None]] = OrderedDict()
+
+    def add(self, result: Callable[[], dict[str, Any] | None]) -> int:
+        """Remember a started capture; `result()` is None while it runs, then the record's
+        plain form (or `{"ok": False, "error": ...}` when none was made). Its number."""
+        with self._lock:
+            capture_id = self._next
+            self._next += 1
+            self._results[capture_id] = result
+            while len(self._results) > self.keep:
+                self._results.popitem(last=False)
+        return capture_id
+
+    def get(self, capture_id: int) -> dict[str, Any] | None:
+        """{"done": False} while capture `capture_id` runs, then {"done": True,
+        "record_id", "outcome", "error"}; None when the number is unknown or forgotten."""
+        with self._lock:
+            result = self._results.get(capture_id)
+        if result is None:
+            return None
+        done = result()
+        if done is None:
+            return {"done": False}
+        rid = done.get("id")
+        return {
+            "done": True,
+            "record_id": rid if isinstance(rid, int) else None,
+            "outcome": done.get("outcome"),
+            "error": done.get("error"),
+        }
+
+
 class StatusSource(Protocol):
     """Everything the web app reads from, or asks of, the appliance (any thread)."""
 
@@ -79,11 +121,15 @@ class StatusSource(Protocol):
         """The file of a record's image, or None if it has none (or it was deleted)."""
 
     def request_capture(self, sample_id: str | None) -> dict[str, Any]:
-        """Start a capture the way the button does; returns at once with `result_seq`.
+        """Start a capture the way the button does; returns at once with `result_seq` and
+        `capture_id` (see `capture_result`).
 
         Raises:
             CaptureRefusedError: busy, not ready, or stopping (with the HTTP status to answer).
         """
+
+    def capture_result(self, capture_id: int) -> dict[str, Any] | None:
+        """Where a capture started by `request_capture` stands (`CaptureLog.get`)."""
 
     def confirm_clock(self, browser_unix: float) -> dict[str, Any]:
         """A logged-in person's browser time: trust the clock this boot if ours agrees;
