@@ -33,7 +33,7 @@ from typing import Any
 
 from leukoscope.core.clock import BUILD_EPOCH, FUTURE_SLACK_S
 from leukoscope.core.errors import StoreError
-from leukoscope.core.fsutil import fsync_dir
+from leukoscope.core.fsutil import fsync_dir, mkdir_durable
 from leukoscope.model.manifest import sha256_bytes
 
 logger = logging.getLogger(__name__)
@@ -330,9 +330,9 @@ class Store:
         self.images_dir = Path(images_dir)
         self._lock = threading.Lock()
         try:
-            self.images_dir.mkdir(parents=True, exist_ok=True)
+            mkdir_durable(self.images_dir)  # (an image's folders must outlive a power cut)
             (self.images_dir / TMP_DIR).mkdir(exist_ok=True)
-            self.database.parent.mkdir(parents=True, exist_ok=True)
+            mkdir_durable(self.database.parent)
             self._db: sqlite3.Connection | None = sqlite3.connect(
                 self.database, timeout=10.0, isolation_level=None, check_same_thread=False
             )

@@ -17,6 +17,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def mkdir_durable(path: Path) -> None:
+    """Create a folder and its missing parents so that they survive a power cut.
+
+    A new folder's name lives in its parent, which fsyncing the folder itself does not
+    flush: each new folder's parent is fsynced once the folder is in it.
+    """
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for new in reversed(missing):
+        fsync_dir(new.parent)
+
+
 class NotRegularFileError(OSError):
     """A pipe, socket or device where a file was expected: reading it might never end."""
 

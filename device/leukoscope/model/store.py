@@ -41,7 +41,13 @@ from typing import Any
 
 from leukoscope.config import Config
 from leukoscope.core.errors import BundleError, LeukoscopeError
-from leukoscope.core.fsutil import LinkInBundleError, fsync_dir, open_regular, refuse_links
+from leukoscope.core.fsutil import (
+    LinkInBundleError,
+    fsync_dir,
+    mkdir_durable,
+    open_regular,
+    refuse_links,
+)
 from leukoscope.model.bundle import load_bundle
 from leukoscope.model.manifest import MANIFEST, Manifest, read_manifest, sha256_file
 
@@ -398,7 +404,7 @@ class ModelStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.versions.mkdir(parents=True, exist_ok=True)
+        mkdir_durable(self.versions)  # a first install must not vanish with its folder
         with (self.root / ".lock").open("a") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
