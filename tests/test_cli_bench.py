@@ -166,3 +166,30 @@ def test_the_runtime_s_real_errors_still_reach_stderr() -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "ERROR: Didn't find op for builtin opcode\nafter\n"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run"],
+        ["check-config"],
+        ["capture"],
+        ["status"],
+        ["set-password"],
+        ["export", "--out", "x"],
+        ["model", "list"],
+        ["model", "install", "b"],
+        ["model", "verify"],
+        ["model", "rollback"],
+        ["sample", "show", "S-1"],
+        ["calibrate", "blank", "p.png"],
+        ["calibrate", "smear", "p.png"],
+    ],
+)
+def test_every_command_takes_the_config_before_or_after_its_name(command: list[str]) -> None:
+    parser = build_parser()
+    cfg = Path("/etc/x.toml")
+    before = parser.parse_args(["--config", str(cfg), *command])
+    after = parser.parse_args([*command, "--config", str(cfg)])
+    assert before.config == after.config == cfg
+    assert parser.parse_args(command).config is None  # the default: $LEUKOSCOPE_CONFIG, ...

@@ -132,6 +132,7 @@ def _run(func: argparse.Namespace) -> int:
 def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `calibrate` and its three ways."""
     p = sub.add_parser("calibrate", help="measure this rig's scale or blank field, once")
+    add_config_argument(p, "the config whose [camera] table keeps the result")
     ways = p.add_subparsers(dest="way", required=True)
     cfg_help = "the config whose [camera] table keeps the result (without it: print only)"
     m = ways.add_parser("micrometer", help="scale from a stage micrometer photo")

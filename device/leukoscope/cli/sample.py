@@ -227,6 +227,7 @@ def _print_sample(sample_id: str, d: Differential, corrected: bool, m: Any, as_j
 def add_subcommands(sub: Any) -> None:
     """Register `leukoscope sample ...` on the `leukoscope` parser."""
     top = sub.add_parser("sample", help="samples: one patient's smear counted across fields")
+    add_config_argument(top)
     ss = top.add_subparsers(dest="sample_command", required=True)
 
     for name, func, what in (
