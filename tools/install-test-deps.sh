@@ -13,6 +13,7 @@ declare -A NEEDS=(
   [systemd-analyze]=systemd
   [chromium]=chromium
   [visudo]=sudo
+  [strace]=strace
 )
 
 missing=()
