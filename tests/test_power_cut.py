@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,6 +84,50 @@ def traced(tmp_path: Path, work: Path, *args: str) -> tuple[Iterator[CrashState]
     return crash_states(calls, root, REPO, work, before), acks
 
 
+# --- the disk model itself --------------------------------------------------------------
+
+TOY = """
+import os, sys
+root = sys.argv[1]
+def put(name, data, sync):
+    fd = os.open(os.path.join(root, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, data)
+    if sync:
+        os.fsync(fd)
+    os.close(fd)
+put("a.tmp", b"A" * 100, True)
+os.rename(os.path.join(root, "a.tmp"), os.path.join(root, "a"))
+fd = os.open(root, os.O_RDONLY)
+os.fsync(fd)
+os.close(fd)
+os.write(1, b"ACK a\\n")
+put("b.tmp", b"B" * 100, False)
+os.rename(os.path.join(root, "b.tmp"), os.path.join(root, "b"))
+os.write(1, b"ACK b\\n")
+"""
+
+
+def test_the_disk_model_keeps_only_what_was_flushed(tmp_path: Path, work: Path) -> None:
+    """A file renamed into place after fsync (and its folder fsynced) survives whole; one
+    renamed without either may be missing, empty, half written or whole."""
+    root, before = tmp_path / "root", tmp_path / "before"
+    root.mkdir()
+    before.mkdir()
+    run_traced([sys.executable, "-c", TOY, str(root)], tmp_path / "trace", cwd=tmp_path)
+    calls = parse_trace((tmp_path / "trace").read_text())
+    last: dict[tuple[str, str], dict[str, bytes]] = {}
+    for state in crash_states(calls, root, tmp_path, work, before):
+        files = {p.name: p.read_bytes() for p in state.path.iterdir()}
+        if "ACK a" in state.acks:
+            assert files["a"] == b"A" * 100, (state.variant, files)
+        assert files.get("a", b"A" * 100) == b"A" * 100
+        last[state.variant] = files
+    assert last[("fsynced", "synced")] == {"a": b"A" * 100}
+    assert last[("all", "synced")] == {"a": b"A" * 100, "b": b""}
+    assert last[("all", "torn")]["b"] == b"B" * 50
+    assert last[("all", "all")]["b"] == b"B" * 100
+
+
 # --- the record store --------------------------------------------------------------------
 
 
@@ -123,6 +168,9 @@ def record_problems(state: CrashState, all_acks: list[str]) -> list[str]:
         for rid, (sha, _, path) in visible().items():  # before recovery too
             if path is not None and path.exists() and _sha(path) != sha:
                 problems.append(f"record {rid}: its image {path.name} is half-written")
+            elif path is not None and not path.exists() and rid not in may_retain:
+                # (retention unlinks before it marks; nothing else may lose a photo)
+                problems.append(f"record {rid} was committed before its image {path.name}")
         store.recover()
         now = visible()
         for rid, (sha, _, path) in now.items():
@@ -191,7 +239,7 @@ def test_records_survive_a_power_cut_at_every_point(tmp_path: Path, work: Path) 
 #: What each broken record store must be caught at first.
 RECORD_CAUGHT = {
     "image-not-fsynced": "is half-written",  # its name flushed, its bytes not
-    "no-folder-fsync": "lost its image",  # the bytes flushed, the name not
+    "no-folder-fsync": "was committed before its image",  # bytes flushed, the name not
     "sqlite-synchronous-off": "is lost",  # the commit never flushed
 }
 
