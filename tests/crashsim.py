@@ -15,10 +15,12 @@ POSIX and Linux promise, so that a store that passes it relies on nothing more:
   in two), or out of order (every second one applied).
 - A name (create, mkdir, symlink, rename, unlink) is durable only once the folder that
   holds it is fsynced; fsyncing a file does not make its name durable.
-- Or, the journalled-metadata case (ext4 `data=ordered` with delayed allocation, the
-  Pi's default): every name change up to the crash reached the disk, but file data still
-  only as far as each file's last fsync, so a renamed file can appear with its unsynced
-  contents missing (the classic zero-length-file-after-rename).
+- Or, the journalled-metadata case: the journal committed every name change up to the
+  crash, but file data reached the disk only as far as each file's last fsync (ext4's
+  delayed allocation, on by default on the Pi, can leave a renamed file empty this way:
+  the classic zero-length-file-after-rename), with the same lost, torn or reordered
+  variants of the unsynced data.
+- And the page cache intact (what SIGKILL leaves), for completeness.
 
 `crash_states` yields, for every cut point of the trace (after each call, so every
 fsync and rename boundary too) and each of these variants, the rebuilt folder and the
@@ -68,7 +70,10 @@ class ReplayError(RuntimeError):
 
 def _unhex(text: str) -> bytes:
     """The bytes of a quoted `"\\x41\\x42"` string or a `<\\x2f...>` path."""
-    return bytes.fromhex(text.strip('"<>').replace("\\x", ""))
+    inner = text.strip('"<>')
+    if inner and not inner.startswith("\\x"):  # (strace left it as text)
+        return inner.encode()
+    return bytes.fromhex(inner.replace("\\x", ""))
 
 
 def _split_args(text: str) -> list[str]:
