@@ -9,7 +9,7 @@ RUN_DIR := .run
 # The laptop config: replay camera over $(RUN_DIR)/demo-images, mock GPIO, state in $(RUN_DIR)/state.
 RUN_CONFIG ?= device/leukoscope/configs/laptop.toml
 
-.PHONY: run test quick lint typecheck unit test-np124 bench clean help system-deps fault
+.PHONY: run test quick lint typecheck unit test-np124 bench clean help system-deps fault pi-check
 
 help:
 	@echo "make run    - start the appliance on this machine (replay camera, mock GPIO, shipped model)"
@@ -17,6 +17,7 @@ help:
 	@echo "make quick  - lint, the import layers and the fast tests (a few minutes)"
 	@echo "make bench  - print speed and memory figures (not a test)"
 	@echo "make fault  - the fault campaign: kills, HTTP and image fuzz (about 10 minutes)"
+	@echo "make pi-check - the device install and tests in an arm64 Bookworm root under qemu"
 
 $(VENV)/.installed: pyproject.toml constraints/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +82,12 @@ bench: $(VENV)/.installed
 # and fails if anything was lost, corrupt, a 5xx or a crash (a short run is in `make test`).
 fault: $(VENV)/.installed
 	$(PY) -m tests.fault_campaign --report build/fault-campaign.md
+
+# The device as on a Pi, in an arm64 Debian Bookworm root under qemu user emulation (qemu 10
+# or newer, as root): a built wheel under constraints/pi.txt, then the device tests. Not in
+# `make test`; everything it makes is under build/pi-check/ (tools/pi-check.sh --help).
+pi-check: $(VENV)/.installed
+	tools/pi-check.sh $(PI_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV_NP124) $(RUN_DIR) build *.egg-info
