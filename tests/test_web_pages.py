@@ -193,7 +193,7 @@ def test_overlay_labels_are_in_screen_pixels_and_anchored_inside_the_photo():
         assert label.text == box.short
     corner = cv.labels[-1]
     assert corner.anchor == "end" and corner.x_pct == 100.0  # right-aligned at the edge
-    assert corner.dy > 0  # drawn inside the box, not above the photo's top
+    assert corner.baseline == "text-before-edge"  # inside the box, not above the photo's top
 
 
 def test_the_page_draws_the_labels_at_12_css_px(client, source):
@@ -319,7 +319,7 @@ def test_the_axis_ends_at_a_round_number(n, top):
 
 def test_score_chart_bins_scores_and_marks_the_thresholds():
     scores = [0.01, 0.02, 0.30, 0.51, 0.52, 0.53, 0.99, 1.0, float("nan"), 2.0, -1.0]
-    c = charts.score_chart(scores, 0.2, 0.8, n_bins=10)
+    c = charts.score_chart(scores, 0.3, 0.8, n_bins=10)
     assert c.n == 8
     assert [b.count for b in c.bins] == [2, 0, 0, 1, 0, 3, 0, 0, 0, 2]
     assert [b.zone for b in c.bins][:2] == ["no", "no"] and c.bins[-1].zone == "refer"
@@ -327,10 +327,13 @@ def test_score_chart_bins_scores_and_marks_the_thresholds():
     assert tallest.y == pytest.approx(c.top_y, abs=0.2)  # the tallest bar reaches the top
     assert c.bins[0].height == pytest.approx(tallest.height * 2 / 3, abs=0.3)
     xs = [t.x for t in c.thresholds]
-    assert xs == [pytest.approx(c.left + 0.2 * (c.right - c.left), abs=0.1),
+    assert xs == [pytest.approx(c.left + 0.3 * (c.right - c.left), abs=0.1),
                   pytest.approx(c.left + 0.8 * (c.right - c.left), abs=0.1)]  # fmt: skip
-    assert [t.label for t in c.thresholds] == ["no leukemia below 20%", "refer at 80%"]
-    assert "2 below the low threshold 20%, 4 between, 2 at or above" in c.text
+    assert [t.label for t in c.thresholds] == ["no leukemia <30%", "refer ≥80%"]
+    assert [t.anchor for t in c.thresholds] == ["end", "start"]  # each on its own side
+    near_edges = charts.score_chart([], 0.02, 0.99)
+    assert [t.anchor for t in near_edges.thresholds] == ["start", "end"]  # kept inside
+    assert "2 below the low threshold 30%, 4 between, 2 at or above" in c.text
 
 
 def test_the_history_page_draws_both_charts_accessibly(client, source):
@@ -360,4 +363,4 @@ def test_the_history_page_draws_both_charts_accessibly(client, source):
     labels = [
         t.text for t in score.iter(f"{SVG}text") if "threshold-label" in (t.get("class") or "")
     ]
-    assert labels == ["no leukemia below 40%", "refer at 60%"]  # the fake model's thresholds
+    assert labels == ["no leukemia <40%", "refer ≥60%"]  # the fake model's thresholds

@@ -35,6 +35,8 @@ VERDICT_WORDS = {
 WIDTH, HEIGHT = 480.0, 200.0
 LEFT, RIGHT, TOP, BOTTOM = 34.0, 8.0, 14.0, 30.0
 FONT = 12
+#: A generous width of one character of the labels (drawing units), to keep them inside.
+LABEL_CHAR_W = 0.62 * FONT
 
 
 @dataclass(frozen=True)
@@ -274,16 +276,20 @@ def score_chart(
     names = ["no", "mid", "refer"] if low is not None and high is not None else ["mid"]
     if len(edges) == 4:
         regions = [(names[i], x_of(edges[i]), x_of(edges[i + 1])) for i in range(3)]
-    for t, words in ((low, "no leukemia below"), (high, "refer at")):
+    for t, words, prefer in ((low, "no leukemia <", "end"), (high, "refer ≥", "start")):
         if t is None:
             continue
         x = x_of(t)
-        anchor = "end" if words.startswith("no") else "start"
-        if x < left + 90 and anchor == "end":
-            anchor = "start"
-        if x > right - 90 and anchor == "start":
-            anchor = "end"
-        marks.append(ThresholdMark(x, f"{words} {100 * t:.0f}%", anchor))
+        text = f"{words}{100 * t:.0f}%"
+        wide = LABEL_CHAR_W * len(text) + 4
+        # towards its own side of the line, unless that side is too narrow to hold it
+        fits_end, fits_start = x - wide >= 0, x + wide <= WIDTH
+        anchor = (
+            prefer
+            if (fits_end if prefer == "end" else fits_start)
+            else ("start" if prefer == "end" else "end")
+        )
+        marks.append(ThresholdMark(x, text, anchor))
     grid = [GridLine(y_of(v), str(v)) for v in range(0, top + 1, step)]
     parts = []
     if low is not None and high is not None:

@@ -126,9 +126,12 @@ def _cross_source(metrics: dict[str, Any]) -> list[str]:
             continue
         trained, _, tested = str(name).partition(" -> ")
         out.append(
-            f"Trained on {trained} only and tested on {tested}, it separated leukemia from "
-            f"normal with an ROC AUC of {auc:.2f} (0.5 is chance): expect it to do worse on "
-            "a microscope, camera or stain it has not seen."
+            f"Trained on {trained} only and tested on {tested}: ROC AUC {auc:.2f} (0.5 is chance)."
+        )
+    if out:
+        out.append(
+            "Expect it to do worse on a microscope, camera or stain it has not seen: "
+            "check it on your own rig's slides before relying on it."
         )
     return out
 

@@ -51,20 +51,28 @@ class Label:
 
     x_pct: float
     y_pct: float
-    #: The text's offset from the box's top edge (CSS px): above the box, or inside it
-    #: when the box touches the photo's top.
+    #: The text's offset from the box's top edge (CSS px), and which edge of the text's
+    #: em box sits there: above the box ("text-after-edge", its bottom on the box), or
+    #: inside it ("text-before-edge", its top) when the box is near the photo's top.
     dy: int
+    baseline: str
     #: "start" at the box's left edge, or "end" at its right edge near the photo's right
     #: side, so the label is never cut off at either edge.
     anchor: str
     text: str
     kind: str
 
+    @property
+    def dx(self) -> int:
+        """A nudge inwards (CSS px) so the text's outline stays inside the photo too."""
+        return -3 if self.anchor == "end" else 3
+
 
 #: Boxes whose left edge is past this share of the photo get their label right-aligned.
 LABEL_RIGHT_FROM = 0.8
-#: Boxes nearer the top than this share of the photo get their label inside the box.
-LABEL_INSIDE_ABOVE = 0.08
+#: Boxes nearer the top than this share of the photo get their label inside the box
+#: (a label is about 16 CSS px tall; 10% of a photo shown 160 px tall or more holds it).
+LABEL_INSIDE_ABOVE = 0.1
 
 
 @dataclass(frozen=True)
@@ -105,7 +113,8 @@ class CellView:
                 Label(
                     round(100.0 * x / self.width, 2),
                     round(100.0 * b.y / self.height, 2),
-                    13 if inside else -3,
+                    1 if inside else -1,
+                    "text-before-edge" if inside else "text-after-edge",
                     "end" if right else "start",
                     b.short,
                     b.kind,
