@@ -512,14 +512,22 @@ class Store:
         """Unlink a batch of images, then mark their records in one transaction.
 
         Unlinking first means retention needs no free space to start: on a full card the
-        unlinks make the room the database write needs. A crash in between leaves
-        records whose image is gone; `recover()` marks them at the next start.
+        unlinks make the room the database write needs. Their folders are fsynced before
+        the marks commit, so a power cut never brings a deleted photo back. A crash in
+        between leaves records whose image is gone; `recover()` marks them at the next
+        start.
         """
         now = _iso(time.time())
         for start in range(0, len(rows), RETENTION_BATCH):
             batch = rows[start : start + RETENTION_BATCH]
-            for row in batch:
-                (self.images_dir / row["image_path"]).unlink(missing_ok=True)
+            paths = [self.images_dir / row["image_path"] for row in batch]
+            for path in paths:
+                path.unlink(missing_ok=True)
+            # The unlinks reach the disk before the marks: else a power cut brings the
+            # photos back, more orphans than recovery dares remove, kept for good.
+            for folder in {path.parent for path in paths}:
+                with contextlib.suppress(FileNotFoundError):
+                    fsync_dir(folder)
             marks = [(now, row["id"]) for row in batch]
             update = "UPDATE results SET image_deleted = 1, image_deleted_at = ? WHERE id = ?"
             for attempt in (1, 2):
