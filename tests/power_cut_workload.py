@@ -29,8 +29,10 @@ from leukoscope.model.store import ModelStore, StoreSettings
 RULE = SampleRule(threshold=0.05, min_cells=100, max_cells=400, max_fields=30)
 RATES = ErrorRates(sensitivity=0.9, specificity=0.97)
 SAMPLE = "P-0042"
-#: Records made; those dated DAYS_OLD days ago lose their images to retention.
-N_RECORDS = 7
+#: Records made; the first OLD, dated DAYS_OLD days ago, lose their images to retention
+#: (more of them than `records.MAX_CRASH_ORPHANS`: recovery must not be left to clean up).
+N_RECORDS = 10
+OLD = 8
 DAYS_OLD = 30
 MAX_AGE_DAYS = 20
 RESERVE_BYTES = 4096
@@ -62,7 +64,7 @@ def _no_fsync_dir(path: Path) -> None:
 
 def image(i: int) -> bytes:
     """A photo's bytes (distinct per record; the store does not decode them)."""
-    return random.Random(i).randbytes(1500 + 700 * i)
+    return random.Random(i).randbytes(1500 + 300 * i)
 
 
 def cells(n: int, blasts: int) -> dict[str, Any]:
@@ -84,7 +86,7 @@ def run_records(root: Path, mutant: str | None) -> None:
     samples.start(SAMPLE, RULE, RATES, now=now)
     ack(f"sample {SAMPLE}")
     for i in range(N_RECORDS):
-        created = now - DAYS_OLD * 86400 + i * 3600 if i < 3 else now - 60 * (N_RECORDS - i)
+        created = now - DAYS_OLD * 86400 + i * 3600 if i < OLD else now - 60 * (N_RECORDS - i)
         rec = NewRecord(
             trigger="control",
             outcome="no-leukemia-suspected",
