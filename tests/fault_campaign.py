@@ -638,17 +638,34 @@ def _pil_images(bgr: np.ndarray) -> dict[str, bytes]:
 
 
 def image_fuzz_replay_run(work: Path, bundle: Path, files: list[Path]) -> Row:
-    """Every odd file through the replay camera, and its record and photo over HTTP."""
+    """Every odd file through the replay camera, and its record and photo over HTTP; a
+    daemon that dies is counted and started again on the files after the culprit."""
     row = Row("image-fuzz-replay")
-    replay = work / "replay"
-    replay.mkdir(parents=True)
-    for f in files:
-        shutil.copy2(f, replay / f.name)
+    left = sorted(files, key=lambda f: f.name)
+    for attempt in range(len(files)):
+        if not left:
+            break
+        replay = work / f"replay-{attempt}"
+        replay.mkdir(parents=True)
+        for f in left:
+            shutil.copy2(f, replay / f.name)
+        done = _replay_until_death(work / f"daemon-{attempt}", bundle, replay, row)
+        left = left[done + 1 :] if done < len(left) else []
+    return row
+
+
+def _replay_until_death(work: Path, bundle: Path, replay: Path, row: Row) -> int:
+    """Capture each file of `replay` in turn; the index of the file the daemon died on
+    (or the number of files when it lived)."""
+    work.mkdir(parents=True)
+    names = sorted(p.name for p in replay.iterdir())
+    died_at = len(names)
     with _web_daemon(work, bundle, replay) as daemon:
         session = Session(daemon.port)
         session.login(PASSWORD)
         socket_path = load_config(daemon.config).paths.control_socket
-        for f in sorted(replay.iterdir()):
+        assert daemon.proc is not None
+        for i, name in enumerate(names):
             row.tried += 1
             reply: dict[str, Any] = {}
             for _ in range(50):  # a corrupt frame may fault the camera for a moment
@@ -660,11 +677,15 @@ def image_fuzz_replay_run(work: Path, bundle: Path, files: list[Path]) -> Row:
                 if reply.get("ok") or "not ready" not in str(reply.get("error")):
                     break
                 time.sleep(0.2)
-            assert daemon.proc is not None
-            if not reply.get("ok") or daemon.proc.poll() is not None:
+            if not reply.get("ok") and "no reply" in str(reply.get("error")):
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    daemon.proc.wait(5)  # a daemon that hung up on us is dying
+            if daemon.proc.poll() is not None or not reply.get("ok"):
                 row.crashes += 1
-                row.note(f"{f.name}: {reply.get('error')}")
-                if daemon.proc.poll() is not None:
+                died = daemon.proc.poll() is not None
+                row.note(f"{name}: {reply.get('error')}" + (" (the daemon died)" if died else ""))
+                if died:
+                    died_at = i
                     break
                 continue
             result = reply["result"]
@@ -676,11 +697,14 @@ def image_fuzz_replay_run(work: Path, bundle: Path, files: list[Path]) -> Row:
                     row.unavailable += 1
                 elif status >= 500:
                     row.http_5xx += 1
-                    row.note(f"{status} for GET {path} after {f.name}")
-    if TRACEBACK in _log_text(daemon.log):
-        row.crashes += 1
-        row.note("traceback in the daemon's log")
-    return row
+                    row.note(f"{status} for GET {path} after {name}")
+    log = _log_text(daemon.log)
+    if TRACEBACK in log:
+        last = log[log.rindex(TRACEBACK) :].strip().splitlines()[-1]
+        row.note(f"traceback in the daemon's log: {last[-300:]}")
+        if died_at == len(names):  # a death is counted once, above
+            row.crashes += 1
+    return died_at
 
 
 def image_fuzz_classify_run(work: Path, bundle: Path, files: list[Path]) -> Row:
@@ -693,23 +717,27 @@ def image_fuzz_classify_run(work: Path, bundle: Path, files: list[Path]) -> Row:
 
     def classify(*targets: Path) -> subprocess.CompletedProcess[str]:
         args = _leukoscope("classify", *map(str, targets), "--json", "--bundle", str(bundle))
-        return subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=work)
+        return subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=work)
 
-    res = classify(folder)
     row.tried = len(files)
-    text = res.stdout + res.stderr
-    if res.returncode in (0, 1) and TRACEBACK not in text:
-        unnamed = [f.name for f in files if f.name not in text]
-        row.crashes += len(unnamed)
-        if unnamed:
-            row.note(f"no line for: {', '.join(unnamed[:10])}")
-        return row
-    # Which file did it? One at a time.
-    for f in files:
-        one = classify(folder / f.name)
-        if one.returncode not in (0, 1) or TRACEBACK in one.stdout + one.stderr:
-            row.crashes += 1
-            row.note(f"{f.name}: status {one.returncode}: {(one.stderr or one.stdout)[-300:]}")
+    left = [folder / f.name for f in files]
+    while left:
+        res = classify(*left)
+        text = res.stdout + res.stderr
+        named = [f for f in left if str(f) in text]
+        if res.returncode in (0, 1) and TRACEBACK not in text:
+            unnamed = [f.name for f in left if f not in named]
+            row.crashes += len(unnamed)
+            if unnamed:
+                row.note(f"no line for: {', '.join(unnamed[:10])}")
+            return row
+        # It died: the first file it said nothing of is the culprit; go on after it.
+        rest = [f for f in left if f not in named]
+        culprit = rest[0].name if rest else "?"
+        row.crashes += 1
+        tail = " ".join((res.stderr or res.stdout).strip().splitlines()[-1:])
+        row.note(f"classify died at {culprit} (status {res.returncode}): {tail[-300:]}")
+        left = rest[1:]
     return row
 
 
