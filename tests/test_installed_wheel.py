@@ -46,7 +46,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         text=True,
     )
     if built.returncode != 0:
-        pytest.skip(f"cannot build the wheel here: {built.stderr[-500:]}")
+        last = (built.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"cannot build the wheel here (pip wheel --no-build-isolation): {last}")
     (wheel,) = work.glob("leukoscope-*.whl")
     target = work / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)

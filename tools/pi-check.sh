@@ -249,7 +249,11 @@ print(\"pi-check: installed\", where, \"numpy\", numpy.__version__, sys.platform
 
 # 6. The device tests, against the installed wheel.
 run_tests() {
-  say "device tests under emulation (slow: every test process starts under qemu)"
+  if [ "$NATIVE" = 1 ]; then
+    say "device tests"
+  else
+    say "device tests under emulation (slow: every process starts under qemu)"
+  fi
   in_root /bin/sh -c "cd /src && LEUKOSCOPE_TEST_BUNDLE=/src/build-pi-check/bundles/test-bundle \
     LEUKOSCOPE_TEST_CELLS_BUNDLE=/src/build-pi-check/bundles/test-cells-bundle \
     $VENV/bin/python -m pytest -m 'not host' -p no:cacheprovider -q $PYTEST_ARGS"
