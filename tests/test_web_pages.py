@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
+from leukoscope.config import CameraConfig
 from leukoscope.web import charts, display
+from leukoscope.web.daemon_source import calibration
 from leukoscope.web.fake import FakeSource, fake_cells
 from leukoscope.web.modelview import card_limits, rate_text, summarise
 from leukoscope.web.overlay import cell_view
@@ -364,3 +366,27 @@ def test_the_history_page_draws_both_charts_accessibly(client, source):
         t.text for t in score.iter(f"{SVG}text") if "threshold-label" in (t.get("class") or "")
     ]
     assert labels == ["no leukemia <40%", "refer ≥60%"]  # the fake model's thresholds
+
+
+# --- the rig's calibration on the health page ---------------------------------------------------
+
+
+def test_the_health_page_shows_the_rigs_calibration(client, source, monkeypatch, tmp_path):
+    html = page(client, "/health")
+    scale = re.search(r'id="calibration-scale">(.*?)</td>', html, re.S)
+    assert scale and "2.000 px/µm (calibrated, spread 0.040)" in scale.group(1)
+    assert "15% off it is a retake" in scale.group(1)
+    assert "none: vignetting" in html
+    health = source.health()
+    monkeypatch.setattr(
+        source,
+        "health",
+        lambda: dict(
+            health, calibration=calibration(CameraConfig("replay", blank_field=tmp_path / "b.png"))
+        ),
+    )
+    html = page(client, "/health")
+    assert "not calibrated: measured from each photo" in html
+    assert "configured but missing" in html  # a blank field named in the config but not there
+    (tmp_path / "b.png").write_bytes(b"png")
+    assert "present (" in page(client, "/health")

@@ -28,6 +28,7 @@ from leukoscope.analysis.quality import RetakeReason, measure
 from leukoscope.appliance.daemon import Daemon, NotReadyError
 from leukoscope.appliance.records import Record, RecordFilter, RecordPage, RecordReader
 from leukoscope.appliance.samples import CellReview, Sample, SampleCell, SampleError, SampleReader
+from leukoscope.config import CameraConfig
 from leukoscope.core.errors import BundleError, CameraError, ConfigError, StoreError
 from leukoscope.model.manifest import MANIFEST, read_manifest
 from leukoscope.web import system
@@ -262,6 +263,7 @@ class DaemonSource:
             "system_uptime_s": system.system_uptime_s(),
             "records": self.records.count(),
             "versions": system.versions(),
+            "calibration": calibration(self.cfg.camera),
         }
 
     def _describe_bundle(self, role: str, root: Path) -> dict[str, Any]:
@@ -347,3 +349,16 @@ class DaemonSource:
         if self._refresher is not None:
             self._refresher.join(5.0)
         self.records.close()
+
+
+def calibration(camera: CameraConfig) -> dict[str, Any]:
+    """The rig's calibration as the health page shows it: the scale (None: measured from
+    each photo's red cells), its spread and tolerance, and the blank-field reference."""
+    blank = camera.blank_field
+    return {
+        "px_per_um": camera.px_per_um,
+        "px_per_um_spread": camera.px_per_um_spread,
+        "scale_tolerance": camera.scale_tolerance,
+        "blank_field": None if blank is None else str(blank),
+        "blank_field_present": blank is not None and Path(blank).is_file(),
+    }

@@ -464,6 +464,13 @@ class FakeSource:
             "system_uptime_s": 3600.0,
             "records": len(self._records),
             "versions": {"leukoscope": __version__, "python": "3.x"},
+            "calibration": {
+                "px_per_um": PHOTO_PX_PER_UM,
+                "px_per_um_spread": 0.04,
+                "scale_tolerance": 0.15,
+                "blank_field": None,
+                "blank_field_present": False,
+            },
         }
 
     def models(self) -> list[dict[str, Any]]:
