@@ -222,6 +222,7 @@ def shipped() -> dict:
         "thresholds": [th["low"], th["high"]],
         "metrics": manifest["metrics"],
         "training": manifest["training"],
+        "sample": manifest["sample"],
         "card": card,
     }
 
@@ -242,6 +243,9 @@ def test_the_model_summary_quotes_the_shipped_manifest():
     assert m.limits and any("ALL-IDB1 confounds camera with label" in x for x in m.limits)
     assert any("not seen" in x for x in m.limits)  # the cross-source drop, in words
     assert m.thresholds and "22%" in m.thresholds and "81%" in m.thresholds
+    rule = bundle["sample"]
+    assert m.sample_rule and f"surely above {100 * rule['threshold']:g}%" in m.sample_rule
+    assert f"sensitivity {100 * rule['sensitivity']:.0f}%" in m.sample_rule
     assert len(m.metric_rows) > 20
     assert all("{" not in v and "_" not in k for k, v in m.metric_rows)
 

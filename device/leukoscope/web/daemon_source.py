@@ -297,6 +297,7 @@ class DaemonSource:
             "input": list(m.input_size),
             "metrics": raw.get("metrics") or {},
             "training": raw.get("training") or {},
+            "sample": raw.get("sample"),
             "card": card,
             "path": str(root.resolve()),
         }

@@ -23,7 +23,7 @@ from leukoscope.web import charts, display, params
 from leukoscope.web.api import listing_args, public, status_json
 from leukoscope.web.auth import MAX_PASSWORD_CHARS, PasswordFileError, new_csrf_token
 from leukoscope.web.common import ctx, error_response, login_required
-from leukoscope.web.modelview import summarise
+from leukoscope.web.modelview import MAX_METRIC_ROWS, summarise
 from leukoscope.web.overlay import CellView, cell_view
 from leukoscope.web.reasons import reason_text
 from leukoscope.web.source import CaptureRefusedError
@@ -143,7 +143,12 @@ def result(record_id: str) -> tuple[str, int]:
 def model() -> tuple[str, int]:
     """The current and previous model bundles, their cards and metrics."""
     bundles = ctx().source.models()
-    return _page("model.html", active="model", bundles=[(b, summarise(b)) for b in bundles])
+    return _page(
+        "model.html",
+        active="model",
+        bundles=[(b, summarise(b)) for b in bundles],
+        max_rows=MAX_METRIC_ROWS,
+    )
 
 
 @bp.get("/health")
