@@ -151,15 +151,47 @@ class QualityResult:
         return not self.reasons
 
 
-def working_copy(rgb: np.ndarray, long_side: int = WORKING_LONG_SIDE) -> np.ndarray:
-    """Resize an image so its long side is `long_side` (aspect and dtype kept)."""
+def working_copy(
+    rgb: np.ndarray, long_side: int = WORKING_LONG_SIDE, *, float32: bool = False
+) -> np.ndarray:
+    """Resize an image so its long side is `long_side` (aspect kept; dtype kept, or float32).
+
+    With `float32` the copy is as if the photo had been converted to float32 first (never
+    re-quantised), without holding the full-size photo as float32 (60 MB for 5 MP).
+    """
     h, w = rgb.shape[:2]
     scale = long_side / max(h, w)
-    if scale == 1.0:
-        return rgb
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if float32 and scale < 1.0 and rgb.dtype != np.float32:
+        return _area_float32(rgb, size)
+    out = rgb.astype(np.float32) if float32 else rgb
+    if scale == 1.0:
+        return out
     interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
-    return cv2.resize(rgb, size, interpolation=interp)
+    resized: np.ndarray = cv2.resize(out, size, interpolation=interp)
+    return resized
+
+
+#: Rows of the photo converted to float32 at a time by `_area_float32`.
+_STRIP_ROWS = 128
+
+
+def _area_float32(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`cv2.resize(img.astype(np.float32), size, interpolation=cv2.INTER_AREA)`, strip by strip.
+
+    Area averaging is separable: the width is averaged a strip of rows at a time, then
+    the height, which gives the same numbers with a strip's float32 copy at a time
+    instead of the whole photo's (150 MB for a 12 MP still).
+    """
+    w, h = size
+    rows = img.shape[0]
+    wide = np.empty((rows, w, *img.shape[2:]), np.float32)
+    for y in range(0, rows, _STRIP_ROWS):
+        strip = img[y : y + _STRIP_ROWS].astype(np.float32)
+        part = cv2.resize(strip, (w, strip.shape[0]), interpolation=cv2.INTER_AREA)
+        wide[y : y + _STRIP_ROWS] = part.reshape(wide[y : y + _STRIP_ROWS].shape)
+    out: np.ndarray = cv2.resize(wide, (w, h), interpolation=cv2.INTER_AREA)
+    return out
 
 
 def focus_score(gray: np.ndarray) -> float:
@@ -234,10 +266,10 @@ def measure(
         taken: the photo as taken, for exposure (default `rgb`).
         px_per_um: its scale, when known: adds `sharpness`.
     """
-    small = working_copy(rgb.astype(np.float32))
+    small = working_copy(rgb, float32=True)
     inside = _inside(fov, small.shape[:2], 2)
     luma = _luma(small)
-    raw = small if taken is None else working_copy(taken.astype(np.float32))
+    raw = small if taken is None else working_copy(taken, float32=True)
     raw_luma = _luma(raw)
     if inside is not None:
         luma_in, raw_in, px = luma[inside], raw_luma[inside], small[inside]

@@ -8,6 +8,7 @@ import stat
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -22,6 +23,8 @@ MAX_FILE_BYTES = 200 * 1024 * 1024
 #: Refuse images above this many pixels before decoding them (a decompression bomb).
 #: The largest Pi camera (HQ, IMX477) takes 12.3 MP; ALL-IDB1 photos are 5 MP.
 MAX_PIXELS = 64_000_000
+#: The EXIF tag of the camera's orientation (1: upright).
+ORIENTATION_TAG = 0x0112
 
 Source = str | Path | bytes
 
@@ -92,6 +95,10 @@ def load_image(source: Source, *, min_size: tuple[int, int] | None = None) -> np
             f"{name}: decompression bomb refused: {width}x{height} = {width * height} pixels "
             f"(limit {MAX_PIXELS})"
         )
+    if min_size is None and img.format == "JPEG":
+        fast = _decode_plain_jpeg(img, data)
+        if fast is not None:
+            return fast
     if min_size is not None and img.format in {"JPEG", "MPO"}:
         img.draft("RGB", min_size)
     try:
@@ -104,6 +111,27 @@ def load_image(source: Source, *, min_size: tuple[int, int] | None = None) -> np
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{name}: truncated or corrupt image data ({exc})") from None
     return _to_rgb8(upright)
+
+
+def _decode_plain_jpeg(img: Image.Image, data: bytes) -> np.ndarray | None:
+    """A complete colour or grey JPEG with no rotation, decoded by OpenCV; else None.
+
+    The same libjpeg-turbo decode as Pillow's (the same pixels), written straight into
+    one array: Pillow's path holds the photo three or four times over on the way (its
+    own 4-byte pixels, the bytes, the array), which for a 12 MP still is 150 MB and a
+    third of the time. Anything else (a cut-off file, CMYK, EXIF rotation) is left to
+    Pillow, which applies the rotation and names the fault.
+    """
+    if img.mode not in {"RGB", "L"} or not data.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
+        return None
+    if img.getexif().get(ORIENTATION_TAG, 1) != 1:
+        return None
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if bgr is None or bgr.shape[:2] != (img.height, img.width):
+        return None
+    rgb: np.ndarray = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
+    return rgb
 
 
 def _to_rgb8(img: Image.Image) -> np.ndarray:
