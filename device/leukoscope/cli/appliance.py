@@ -14,7 +14,7 @@ from typing import Any
 from leukoscope.analysis.reasons import reason_text
 from leukoscope.app import EXIT_CONFIG, run
 from leukoscope.appliance.control import request
-from leukoscope.bench.daemon import bench_daemon
+from leukoscope.bench.daemon import STILL_SIZE, bench_daemon, parse_size
 from leukoscope.cli.args import add_config_argument, one_line, positive_int, positive_seconds
 from leukoscope.cli.sample import sample_line
 from leukoscope.config import Config, config_path, load_config
@@ -230,7 +230,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_bench_daemon(args: argparse.Namespace) -> int:
     """Time the real daemon on replay stills (see leukoscope.bench.daemon)."""
-    return bench_daemon(args.bundle, captures=args.captures, workdir=args.workdir)
+    return bench_daemon(args.bundle, captures=args.captures, workdir=args.workdir, size=args.size)
+
+
+def _still_size(text: str) -> tuple[int, int]:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_subcommands(sub: Any) -> None:
@@ -274,9 +281,16 @@ def add_subcommands(sub: Any) -> None:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
-        "bench-daemon", help="trigger-to-indicator timings and peak RSS on 5 MP replay stills"
+        "bench-daemon", help="trigger-to-indicator timings and peak RSS on replay stills"
     )
     p.add_argument("--bundle", type=Path, default=None, help="model bundle folder")
     p.add_argument("--captures", type=positive_int, default=40)
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: temp)")
+    p.add_argument(
+        "--size",
+        type=_still_size,
+        default=STILL_SIZE,
+        metavar="WxH",
+        help="the stills' size (default 2592x1944; 4056x3040 for the HQ camera's 12 MP)",
+    )
     p.set_defaults(func=cmd_bench_daemon)
