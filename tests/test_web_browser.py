@@ -456,6 +456,7 @@ def test_after_a_capture_the_verdict_is_in_the_first_viewport(browser, tmp_path,
             page.evaluate("window.scrollTo(0, 0)")
             verdict = page.inner_text("#last-verdict")
             assert "No leukemia suspected" in verdict and "✓" in verdict
+            assert page.inner_text("#last-p") == "10.0 %"  # a score that agrees with it
             for selector in ("#last-verdict", "#last-sample", "#last-time"):
                 assert in_first_viewport(page, selector, height), (selector, viewport)
             poll(lambda: page.evaluate("document.getElementById('last-image').naturalWidth") > 0)

@@ -42,6 +42,8 @@ from leukoscope.web.source import CaptureLog, CaptureRefusedError, Preview, Samp
 MODEL = {"name": "fake-model", "version": "1.2.3", "sha256": "ab" * 32}
 #: The outcomes fake captures cycle through.
 CYCLE = ("no-leukemia-suspected", "leukemia-suspected", "retake", "indeterminate")
+#: The leukemia score a fake capture gives each outcome (on the right side of its thresholds).
+FAKE_SCORES = {"no-leukemia-suspected": 0.1, "leukemia-suspected": 0.8, "indeterminate": 0.5}
 #: The fake photos: their size and scale.
 PHOTO_SIZE = (320, 240)
 PHOTO_PX_PER_UM = 2.0
@@ -358,7 +360,7 @@ class FakeSource:
             rec = self.add_record(
                 outcome,
                 sample_id=sample_id,
-                p=0.8 if "leukemia-s" in outcome else 0.1,
+                p=FAKE_SCORES.get(outcome, 0.1),
                 cells=cells,
                 retake_reasons=reasons,
             )
