@@ -110,3 +110,19 @@ def test_a_blank_field_reference_replaces_the_fitted_light(smear: np.ndarray) ->
 def test_an_unknown_severity_is_refused() -> None:
     with pytest.raises(ValueError, match="severity must be one of"):
         draw("extreme", np.random.default_rng(0))
+
+
+def test_an_arc_centred_outside_the_photo_is_not_a_field_stop() -> None:
+    """A dark band whose edge is a wide arc (its circle centred far above the frame, as a
+    bit-flipped JPEG gave) was taken for a stop, and the focus window, centred on it, was
+    empty: `leukoscope classify` and the daemon died on a cv2 error (issue 17's campaign).
+    """
+    from leukoscope.analysis.quality import assess
+
+    rgb = make_smear(640, 480, seed=5, px_per_um=4.0, n_wbc=3).image.copy()
+    yy, xx = np.mgrid[0:480, 0:640]
+    rgb[np.hypot(xx + 0.5 - 320, yy + 0.5 + 2000) > 2200] = 8  # the top ~190 rows dark
+    fov = find_field(rgb)
+    assert fov.stop is False and (fov.cx, fov.cy) == (320, 240)
+    sharpness = assess(rgb, fov=fov, px_per_um=4.0).metrics.sharpness
+    assert sharpness is not None and np.isfinite(sharpness)

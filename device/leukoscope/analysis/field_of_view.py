@@ -160,6 +160,11 @@ def find_field(rgb: np.ndarray) -> FieldOfView:
     # A field stop is a large disc, lit inside and dark outside. Dark stain in a dense
     # field (the 1712x1368 ALL-IDB1 photos) can leave a lit "region" whose edge is
     # anything but that: then there is no stop.
+    # A stop's centre is in the photo (the camera looks down the eyepiece): an arc that
+    # fits a circle centred outside is the edge of something else, such as a dark band
+    # of a damaged frame (the fault campaign's bit-flipped JPEGs).
+    if not (0 <= cx <= sw and 0 <= cy <= sh):
+        return FieldOfView.whole(w, h)
     yy, xx = np.mgrid[0:sh, 0:sw]
     disc = np.hypot(xx + 0.5 - cx, yy + 0.5 - cy) <= r
     outside_dark = float(dark[~disc].mean()) if (~disc).any() else 0.0
