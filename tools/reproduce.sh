@@ -61,8 +61,9 @@ if [ "${CELLS:-1}" = 1 ]; then
     "$TOOLS" cells train "$CACHE" --seed 0 --epochs 3 $E --sources all-idb1 kaggle-all \
         --out "$CACHE/loso/no-pbc"
     # kaggle-all's photo labels kept (as the shipped bundle's), with PBC's hard negatives
-    # and the change of lab, trained longer (10 epochs of 1,536 crops; about 25 min unloaded,
-    # 60 min at nice 19 under a load of 8-14). Kept out of runs/ so SHIP=1 still picks
+    # and the change of lab, trained longer (up to 10 epochs of 1,536 crops; measured 51 min
+    # with scoring at nice 19 under a load of 8-14, about 25 min expected unloaded from the
+    # other runs' speed). Kept out of runs/ so SHIP=1 still picks
     # among the seeds above. PHOTO=0 skips it.
     if [ "${PHOTO:-1}" = 1 ]; then
         "$TOOLS" cells train "$CACHE" --seed 0 --kaggle-labels photo --epochs 10 \
