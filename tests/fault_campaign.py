@@ -758,15 +758,16 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def report(rows: list[Row], argv: list[str], bundle: Path) -> str:
+def report(rows: list[Row], argv: list[str], bundle: Path, started: float) -> str:
     """The report: how it was run, the table, and the notes of each run."""
     out = [
         "# Fault campaign",
         "",
         f"`python -m tests.fault_campaign {' '.join(argv)}`".replace("  ", " "),
         "",
-        f"Bundle: `{bundle}`. Started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, "
-        f"load average {os.getloadavg()[0]:.1f}.",
+        f"Bundle: `{bundle}`. Started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
+        f"{(time.time() - started) / 60:.0f} minutes; load average at the end "
+        f"{os.getloadavg()[0]:.1f} (1 min), {os.getloadavg()[2]:.1f} (15 min).",
         "",
         table(rows),
         "",
@@ -829,6 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=17)
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (logs)")
     args = p.parse_args(argv)
+    started = time.time()
     work = Path(tempfile.mkdtemp(prefix="fault-campaign-"))
     try:
         rows = campaign(work, args.bundle.resolve(), Sizes.of(args.short), args.seed)
@@ -837,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"scratch folder kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    text = report(rows, argv, args.bundle)
+    text = report(rows, argv, args.bundle, started)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(text)
     print(table(rows))
