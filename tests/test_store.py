@@ -169,6 +169,36 @@ def test_recover_leaves_records_alone_when_no_image_is_there(tmp_path: Path) -> 
     s.close()
 
 
+class _PowerCutError(Exception):
+    """The power failing at one point of a store call."""
+
+
+def test_retention_of_every_photo_cut_by_a_crash_leaves_records_recovery_marks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Retention deleting every photo left (more than a crash can explain) dies after its
+    # first unlinks, before it marks them: the next start must still mark what is gone.
+    s = Store(tmp_path / "db.sqlite3", tmp_path / "images")
+    ids = [s.add(rec(created_unix=time.time() - 40 * 86400), b"old", ".jpg") for _ in range(8)]
+
+    def cut(_folder: Path) -> None:
+        raise _PowerCutError
+
+    monkeypatch.setattr(records, "fsync_dir", cut)
+    with pytest.raises(_PowerCutError):
+        s.enforce_retention(30, 0, clock_trusted=True, not_before=0)
+    monkeypatch.undo()
+    s.close()
+    s = Store(tmp_path / "db.sqlite3", tmp_path / "images")
+    s.recover()
+    for i in ids:
+        row = saved(s, i)
+        assert row.image_deleted or s.reader.image_file(row) is not None, i
+    assert s.enforce_retention(30, 0, clock_trusted=True, not_before=0) > 0
+    assert all(saved(s, i).image_deleted for i in ids)
+    s.close()
+
+
 # --- the per-cell result (issue 8) ------------------------------------------------------------
 
 

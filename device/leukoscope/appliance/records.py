@@ -118,8 +118,11 @@ MAX_CRASH_ORPHANS = 5
 MAX_CELLS_JSON_BYTES = 512 * 1024
 #: Outcomes a record can have: the four verdicts, or a fault.
 OUTCOMES = ("no-leukemia-suspected", "leukemia-suspected", "indeterminate", "retake", "fault")
-#: Images unlinked (then marked in one transaction) at a time by retention.
-RETENTION_BATCH = 16
+#: Images unlinked (then marked in one transaction) at a time by retention. No more than
+#: recovery will mark after a crash: a power cut between a batch's unlinks and its marks
+#: leaves at most this many records without their photo, which `recover()` then marks,
+#: even when the batch held every photo left (more would look like an unmounted card).
+RETENTION_BATCH = MAX_CRASH_ORPHANS
 #: The emergency reserve: a file beside the database, released when the card is full.
 RESERVE_FILE = ".leukoscope-reserve"
 RESERVE_BYTES = 4 * 1024 * 1024
