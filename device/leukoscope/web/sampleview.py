@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from leukoscope.appliance.samples import FieldStatus, ReviewLabel, Sample, SampleCell
+from leukoscope.web.charts import Tick
 
 #: The bar's scale reaches at least this far (percent): 5% and 20% both sit well inside.
 MIN_TOP_PERCENT = 30.0
@@ -21,14 +22,6 @@ HEIGHT = 70.0
 PAD = 16.0
 BAR_Y = 24.0
 BAR_H = 16.0
-
-
-@dataclass(frozen=True)
-class Tick:
-    """A scale mark: where it is and what it says."""
-
-    x: float
-    label: str
 
 
 @dataclass(frozen=True)
