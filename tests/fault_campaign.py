@@ -66,7 +66,7 @@ from leukoscope.bench.web import (
 from leukoscope.config import WebConfig, load_config
 from leukoscope.core.errors import BundleError
 from leukoscope.model.bundle import load_bundle
-from leukoscope.model.manifest import MANIFEST, MODEL_FILE, sha256_file
+from leukoscope.model.manifest import MANIFEST
 from leukoscope.model.store import ACTIVE
 from leukoscope.web import create_app
 from leukoscope.web.auth import write_password_file
@@ -74,6 +74,7 @@ from leukoscope.web.fake import FakeSource
 from tests.daemon_helpers import good_field
 from tests.daemon_helpers import write_config as write_sections
 from tests.test_faults import check_store
+from tests.test_modelstore import make_variant
 
 REPO = Path(__file__).resolve().parent.parent
 TRACEBACK = "Traceback (most recent call last)"
@@ -250,20 +251,6 @@ def kill_daemon_run(
     return row
 
 
-def _variant(src: Path, dst: Path, version: str, pad: int) -> Path:
-    """A copy of a bundle with its own version and model sha256 (trailing bytes are ignored
-    by the runtime, so it answers as the original)."""
-    shutil.copytree(src, dst)
-    (dst / "manifest.json.sig").unlink(missing_ok=True)
-    with (dst / MODEL_FILE).open("ab") as f:
-        f.write(b"\0" * pad)
-    manifest = json.loads((dst / MANIFEST).read_text())
-    manifest["version"] = version
-    manifest["files"] = {rel: sha256_file(dst / rel) for rel in manifest["files"]}
-    (dst / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return dst
-
-
 def _version(bundle: Path) -> str:
     return str(json.loads((bundle / MANIFEST).read_text())["version"])
 
@@ -275,7 +262,7 @@ def _leukoscope(*args: str) -> list[str]:
 def kill_install_run(work: Path, bundle: Path, kills: int, rng: random.Random) -> Row:
     """SIGKILL `model install` at random moments; the active model must stay whole."""
     row = Row("kill-model-install")
-    variants = [_variant(bundle, work / f"v{i}", f"9.0.{i}", 16 * i) for i in range(1, 4)]
+    variants = [make_variant(bundle, work / f"v{i}", f"9.0.{i}", pad=16 * i) for i in range(1, 4)]
     cfg = write_sections(
         work / "config.toml",
         {

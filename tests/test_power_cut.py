@@ -11,7 +11,6 @@ may be lost and nothing half-written may be visible. A store broken from the wor
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -26,11 +25,10 @@ from leukoscope.appliance.records import Store as RecordStore
 from leukoscope.appliance.samples import SampleReader
 from leukoscope.core.errors import BundleError, StoreError
 from leukoscope.model.bundle import load_bundle
-from leukoscope.model.manifest import MANIFEST, MODEL_FILE, read_manifest, sha256_file
+from leukoscope.model.manifest import MANIFEST, read_manifest, sha256_file
 from leukoscope.model.store import (
     ACTIVE,
     PREVIOUS,
-    SIGNATURE_FILE,
     VERSIONS,
     ModelStore,
     StoreSettings,
@@ -47,6 +45,7 @@ from tests.crashsim import (
     workload_command,
 )
 from tests.power_cut_workload import MODEL_MUTANTS, RECORD_MUTANTS, RESERVE_BYTES, SAMPLE
+from tests.test_modelstore import make_variant
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -258,20 +257,6 @@ def test_a_record_store_that_skips_a_flush_is_caught(
 # --- the model store ---------------------------------------------------------------------
 
 
-def bundle_version(src: Path, dst: Path, version: str, pad: int) -> Path:
-    """A copy of a bundle with its own version and model sha256 (padding after the
-    flatbuffer changes the file, not the answers)."""
-    shutil.copytree(src, dst)
-    (dst / SIGNATURE_FILE).unlink(missing_ok=True)
-    with (dst / MODEL_FILE).open("ab") as f:
-        f.write(b"\0" * pad)
-    manifest = json.loads((dst / MANIFEST).read_text())
-    manifest["version"] = version
-    manifest["files"] = {rel: sha256_file(dst / rel) for rel in manifest["files"]}
-    (dst / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return dst
-
-
 class ModelChecker:
     """Checks a model store after a power cut; each bundle copy is loaded once."""
 
@@ -321,8 +306,7 @@ class ModelChecker:
 @pytest.fixture
 def three_bundles(session_bundle: Path, tmp_path: Path) -> list[Path]:
     return [
-        bundle_version(session_bundle, tmp_path / f"b{i}", f"2.0.{i}", pad=16 * i)
-        for i in (1, 2, 3)
+        make_variant(session_bundle, tmp_path / f"b{i}", f"2.0.{i}", pad=16 * i) for i in (1, 2, 3)
     ]
 
 
