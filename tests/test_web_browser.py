@@ -278,16 +278,7 @@ def samples_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_the_sample_report_fits_a_phone_and_a_desktop(browser, samples_page, viewport):
     width, height = viewport
     phone = width < 500
-    context = browser.new_context(
-        viewport={"width": width, "height": height},
-        device_scale_factor=2 if phone else 1,
-        is_mobile=phone,
-        has_touch=phone,
-    )
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: problems.append(str(e)))
+    context, page, problems = new_page(browser, width, height)
     try:
         page.goto(samples_page + "/samples/P-2026-0042/report")
         assert page.inner_text("#report-sample-id") == "P-2026-0042"
