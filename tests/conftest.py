@@ -5,11 +5,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 
 from leukoscope.appliance.records import Store
+from leukoscope.web.fake import FakeSource
+from tests.test_web_api import make_app
 
 #: The Pi's numpy-1.24 venv holds the device stack alone: test modules that import the
 #: training tools (TensorFlow, Keras) at their top are not collected there (their tests are
@@ -96,3 +101,16 @@ def store(tmp_path: Path):
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def app(source: FakeSource, tmp_path: Path) -> Flask:
+    """The status page over the test module's own fake `source`."""
+    return make_app(source, tmp_path)
+
+
+@pytest.fixture
+def client(app: Flask) -> Iterator[FlaskClient]:
+    """A test client of `app`."""
+    with app.test_client() as c:
+        yield c

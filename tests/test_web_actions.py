@@ -5,31 +5,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
 from leukoscope.web.fake import FakeSource
-from tests.test_web_api import PASSWORD, csrf_of, login, make_app
+from tests.test_web_api import PASSWORD, csrf_of, login
 
 
 @pytest.fixture
 def source(tmp_path: Path) -> FakeSource:
     return FakeSource(tmp_path / "images", capture_s=0.3)
-
-
-@pytest.fixture
-def app(source: FakeSource, tmp_path: Path) -> Flask:
-    return make_app(source, tmp_path)
-
-
-@pytest.fixture
-def client(app: Flask) -> Iterator[FlaskClient]:
-    with app.test_client() as c:
-        yield c
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,17 +32,6 @@ def make_app(source: FakeSource, tmp_path: Path, read_access: str = "open") -> F
         write_password_file(pw, PASSWORD)
     cfg = WebConfig(password_file=pw, read_access=read_access)
     return create_app(source, cfg)
-
-
-@pytest.fixture
-def app(source: FakeSource, tmp_path: Path) -> Flask:
-    return make_app(source, tmp_path)
-
-
-@pytest.fixture
-def client(app: Flask) -> Iterator[FlaskClient]:
-    with app.test_client() as c:
-        yield c
 
 
 def csrf_of(client: FlaskClient, path: str = "/login") -> str:

@@ -7,7 +7,6 @@ import io
 import math
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from flask.testing import FlaskClient
 from leukoscope.web.fake import FakeSource, fake_cells
 from leukoscope.web.overlay import cell_view
 from leukoscope.web.reasons import RETAKE_REASONS
-from tests.test_web_api import login, make_app, wait_until
+from tests.test_web_api import login, wait_until
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -26,12 +25,6 @@ SVG = "{http://www.w3.org/2000/svg}"
 @pytest.fixture
 def source(tmp_path: Path) -> FakeSource:
     return FakeSource(tmp_path / "images")
-
-
-@pytest.fixture
-def client(source: FakeSource, tmp_path: Path) -> Iterator[FlaskClient]:
-    with make_app(source, tmp_path).test_client() as c:
-        yield c
 
 
 def report(cells: list[dict[str, Any]], size: tuple[int, int] = (640, 480), **kw: Any) -> dict:

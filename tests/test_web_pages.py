@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from leukoscope.web.daemon_source import calibration
 from leukoscope.web.fake import FakeSource, fake_cells
 from leukoscope.web.modelview import card_limits, rate_text, summarise
 from leukoscope.web.overlay import cell_view
-from tests.test_web_api import make_app
 
 REPO = Path(__file__).resolve().parent.parent
 SVG = "{http://www.w3.org/2000/svg}"
@@ -30,12 +28,6 @@ MINUS_FIVE = timezone(timedelta(hours=-5))
 @pytest.fixture
 def source(tmp_path: Path) -> FakeSource:
     return FakeSource(tmp_path / "images")
-
-
-@pytest.fixture
-def client(source: FakeSource, tmp_path: Path) -> Iterator[FlaskClient]:
-    with make_app(source, tmp_path).test_client() as c:
-        yield c
 
 
 def page(client: FlaskClient, path: str) -> str:

@@ -13,7 +13,6 @@ import io
 import re
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -33,7 +32,7 @@ from leukoscope.web.sample_api import LABEL_COLUMNS, SAMPLE_CSV_COLUMNS
 from leukoscope.web.sampleview import bar
 from tests.test_samples_daemon import capture, smear
 from tests.test_samples_daemon import sample_daemon as real_sample_daemon
-from tests.test_web_api import csrf_of, login, make_app, wait_until
+from tests.test_web_api import csrf_of, login, wait_until
 
 SVG = "{http://www.w3.org/2000/svg}"
 JSON = {"Content-Type": "application/json"}
@@ -42,12 +41,6 @@ JSON = {"Content-Type": "application/json"}
 @pytest.fixture
 def source(tmp_path: Path) -> FakeSource:
     return FakeSource(tmp_path / "images", cells_mode=True)
-
-
-@pytest.fixture
-def client(source: FakeSource, tmp_path: Path) -> Iterator[FlaskClient]:
-    with make_app(source, tmp_path).test_client() as c:
-        yield c
 
 
 @pytest.fixture
