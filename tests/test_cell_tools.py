@@ -6,6 +6,7 @@ and skip cleanly without it; the rest run on synthetic stand-ins.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -52,7 +53,7 @@ from leukoscope_tools.train.cells import (
     select,
     symmetries,
 )
-from leukoscope_tools.train.loop import Batch, Validation, train_loop
+from leukoscope_tools.train.loop import Batch, Validation, cosine_rate, train_loop
 from leukoscope_tools.train.slide import (
     balanced_weights,
     choose_slide_model,
@@ -255,6 +256,41 @@ def test_training_loop_keeps_the_best_epoch_and_stops_after_patience() -> None:
     kept = model.get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(kept, seen[1], strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(kept, seen[3], strict=True))
+
+
+def test_averaged_training_runs_every_epoch_and_ends_on_the_mean_of_the_last() -> None:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    scores = iter([0.9, 0.1, 0.2, 0.3, 0.4, 0.5])  # a "best" first epoch must not be chosen
+    seen: list[list[np.ndarray]] = []
+    rates: list[float] = []
+
+    def validate(m: keras.Model) -> Validation:
+        seen.append(m.get_weights())
+        rates.append(float(keras.ops.convert_to_numpy(m.optimizer.learning_rate)))
+        score = next(scores)
+        return Validation(score, {"val_auc": score})
+
+    run = train_loop(
+        model,
+        lambda epoch: Batch(x, y, np.ones(len(y), np.float32)),
+        validate,
+        max_epochs=5,
+        patience=1,
+        batch_size=8,
+        name="test",
+        average_last=2,
+    )
+    assert len(run.history["loss"]) == 5 and run.best_epoch == 4  # no early stop
+    assert run.averaged == {"val_auc": 0.5}  # the averaged model is validated once more
+    want = [(a + b) / 2 for a, b in zip(seen[3], seen[4], strict=True)]
+    assert all(np.allclose(a, b) for a, b in zip(model.get_weights(), want, strict=True))
+    assert rates[0] == pytest.approx(0.1) and rates[4] == pytest.approx(0.002)
+    assert all(a > b for a, b in itertools.pairwise(rates[:5]))  # falling
+    assert cosine_rate(1.0, 2, 5) == pytest.approx(0.51)  # halfway: the middle
 
 
 def test_symmetries_are_turns_and_flips_and_lowmag_blurs_only_a_share() -> None:

@@ -88,6 +88,9 @@ class CellTrainConfig:
     max_val: int = 800
     #: Splits of the sources it is NOT trained on that are scored (cross-source test).
     cross_splits: list[str] = field(default_factory=lambda: ["train", "val", "test"])
+    #: >0: run every epoch on a cosine learning rate and keep the mean of the last this many
+    #: epochs' weights (no early stop, no choice by validation); 0: keep the best epoch.
+    average_last: int = 0
 
 
 def select(
@@ -288,19 +291,18 @@ def fit(cs: CellSet, cfg: CellTrainConfig) -> CellRun:
         patience=cfg.patience,
         batch_size=cfg.batch_size,
         name=f"cells seed {cfg.seed}",
+        average_last=cfg.average_last,
     )
     # run.json's history keys in their usual order: loss, val_auc, seconds, per source.
     history: dict[str, list[float]] = {"loss": [], "val_auc": [], "seconds": run.epoch_seconds}
     history |= run.history
     best = run.best_epoch
-    return CellRun(
-        inference_copy(model, "thanh"),
-        history,
-        best + 1,
-        history["val_auc"][best] if best >= 0 else None,
-        run.seconds,
-        counts,
-    )
+    if run.averaged is not None:
+        history |= {f"averaged {k}": [v] for k, v in run.averaged.items()}
+        val = run.averaged["val_auc"]
+    else:
+        val = history["val_auc"][best] if best >= 0 else None
+    return CellRun(inference_copy(model, "thanh"), history, best + 1, val, run.seconds, counts)
 
 
 def crops_to_score(cs: CellSet, train_sources: list[str], cross_splits: list[str]) -> np.ndarray:
@@ -359,6 +361,14 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--kaggle-per-photo", type=int, default=CellTrainConfig.kaggle_per_photo)
     ap.add_argument("--lowmag", type=float, default=0.0)
     ap.add_argument(
+        "--average-last",
+        type=int,
+        default=0,
+        metavar="K",
+        help="run every epoch on a cosine learning rate and keep the mean of the last K "
+        "epochs' weights (default 0: keep the best epoch by validation)",
+    )
+    ap.add_argument(
         "--cross-splits",
         nargs="+",
         default=["train", "val", "test"],
@@ -379,6 +389,7 @@ def run_command(args: argparse.Namespace) -> int:
         kaggle_per_photo=args.kaggle_per_photo,
         lowmag=args.lowmag,
         cross_splits=list(args.cross_splits),
+        average_last=args.average_last,
     )
     train_and_score(load(args.cells), cfg, args.out)
     return 0
