@@ -297,6 +297,7 @@ def fit(cs: CellSet, cfg: CellTrainConfig) -> CellRun:
     history: dict[str, list[float]] = {"loss": [], "val_auc": [], "seconds": run.epoch_seconds}
     history |= run.history
     best = run.best_epoch
+    val: float | None
     if run.averaged is not None:
         history |= {f"averaged {k}": [v] for k, v in run.averaged.items()}
         val = run.averaged["val_auc"]
