@@ -14,9 +14,10 @@ by the host tools that train and evaluate it, so both compute the same thing:
    validation slides and stored in the bundle; the bundle's thresholds turn the score
    into a verdict.
 
-`analyse_cells()` runs all of it on one decoded photo (scale, detection, crops, one
-batched classification, decision) and returns a `CellAnalysis`: the `CellReport` that
-records, `classify --json` and the status page carry, or the reason to retake.
+`analyse_cells()` runs all of it on one decoded photo (scale, detection, the check that
+drops what is not a white cell (`cell_check`), crops, one batched classification,
+decision) and returns a `CellAnalysis`: the `CellReport` that records, `classify --json`
+and the status page carry, or the reason to retake.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from leukoscope.analysis.cell_check import CheckParams, check_cells
 from leukoscope.analysis.detection import (
     DEFAULT_PARAMS,
     Detection,
@@ -73,6 +75,17 @@ class CellSettings:
     w_top_k: float = 1.0
     w_density: float = 0.0
     w_fraction: float = 0.0
+    #: The not-a-white-cell check (`cell_check`): a detection is rejected when its nucleus
+    #: is under `reject_small_um2` and its mean stain under both `reject_max_stain` and
+    #: `reject_relative_stain` times the field's densest. 0 turns the check off (a
+    #: manifest written before the check has none).
+    reject_small_um2: float = 30.0
+    reject_max_stain: float = 0.9
+    reject_relative_stain: float = 0.8
+
+    def check_params(self) -> CheckParams:
+        """The check's thresholds."""
+        return CheckParams(self.reject_small_um2, self.reject_max_stain, self.reject_relative_stain)
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in SETTING_RANGES.items():
@@ -97,6 +110,15 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
     "w_top_k": (-1000.0, 1000.0),
     "w_density": (-1000.0, 1000.0),
     "w_fraction": (-1000.0, 1000.0),
+    "reject_small_um2": (0.0, 1000.0),
+    "reject_max_stain": (0.0, 10.0),
+    "reject_relative_stain": (0.0, 1.0),
+}
+#: Settings a manifest may leave out, and what they are then (bundles from before them).
+OPTIONAL_SETTINGS: dict[str, float] = {
+    "reject_small_um2": 0.0,
+    "reject_max_stain": 0.9,
+    "reject_relative_stain": 0.8,
 }
 
 
@@ -284,11 +306,13 @@ class CellReport:
     px_per_um: float
     scale_source: str  # "red-cells" or "given"
     image_size: tuple[int, int]  # (width, height) of the photo the boxes refer to
-    n_found: int  # white cells detected
+    n_found: int  # white cells detected (and kept by the check)
     features: SlideFeatures  # of the cells classified (at most max_cells of them)
     score: float  # the slide score (the photo's p_leukemia when it was judged)
     cell_cut: float
     cells: tuple[CellResult, ...]
+    #: Detections the check rejected as not white cells (platelets, specks): not counted.
+    n_rejected: int = 0
 
     @property
     def n_classified(self) -> int:
@@ -303,6 +327,7 @@ class CellReport:
             "scale_source": self.scale_source,
             "image_size": list(self.image_size),
             "n_found": self.n_found,
+            "n_rejected": self.n_rejected,
             "n_classified": f.n_cells,
             "n_blasts": f.n_blasts,
             "top_k_mean": round(f.top_k_mean, 4),
@@ -340,6 +365,7 @@ def analyse_cells(
     scale: ScaleEstimate | None = None,
     fov: FieldOfView | None = None,
     detect_params: DetectParams = DEFAULT_PARAMS,
+    check: CheckParams | None = None,
 ) -> CellAnalysis:
     """The cell analysis of one decoded photo, stage by stage.
 
@@ -347,7 +373,9 @@ def analyse_cells(
        microscope), else estimated from the red cells; none -> retake NO_SCALE (report None).
     2. White cells detected; the `max_cells` largest selected. Behind a field stop (`fov`),
        a cell whose crop would cross the stop's edge is not classified, and the density
-       counts the area where cells are kept.
+       counts the area where cells are kept. Detections the check (`cell_check`) finds
+       small and pale (platelets, specks) are not white cells: not counted, not
+       classified, only counted in `n_rejected`.
     3. Their crops (`cell_batch`), classified by `blast_probabilities` (N x h x w x 3
        float32 -> N probabilities of "blast"), in chunks of INFERENCE_CHUNK cells.
     4. Slide features and score; fewer than `min_cells` found -> retake NO_WHITE_CELLS
@@ -362,6 +390,8 @@ def analyse_cells(
         scale: the scale already measured (it wins over `px_per_um`).
         fov: the photo's field (`field_of_view.find_field`); None: the whole frame.
         detect_params: nucleus detection thresholds.
+        check: the not-a-white-cell check's thresholds; None: the bundle's
+            (`settings.check_params()`); `cell_check.NO_CHECK`: none.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -385,6 +415,8 @@ def analyse_cells(
         detection = replace(
             detection, cells=[c for c in detection.cells if usable.contains(c.x, c.y)]
         )
+    checked = check_cells(rgb, detection, settings.check_params() if check is None else check)
+    detection = replace(detection, cells=checked.kept)
     chosen = select_cells(detection.cells, settings.max_cells)
     timings["detect"] = _ms(t0)
     crops_s = infer_s = 0.0
@@ -434,6 +466,7 @@ def analyse_cells(
         score=score,
         cell_cut=settings.cell_cut,
         cells=results,
+        n_rejected=len(checked.rejected),
     )
     retake = CellRetake.NO_WHITE_CELLS if len(detection.cells) < settings.min_cells else None
     timings["decision"] = _ms(t0)

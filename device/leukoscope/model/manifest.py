@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from leukoscope.analysis.cells import SETTING_RANGES, CellSettings
+from leukoscope.analysis.cells import OPTIONAL_SETTINGS, SETTING_RANGES, CellSettings
 from leukoscope.analysis.decision import Thresholds
 from leukoscope.analysis.differential import PERFECT, ErrorRates, SampleRule
 from leukoscope.analysis.preprocess import PreprocessParams
@@ -374,12 +374,14 @@ assert set(SETTING_RANGES) == {f.name for f in fields(CellSettings)}
 
 
 def _parse_cells(c: _Checker, raw: Any) -> CellSettings:
-    obj = c.obj(raw, "cells", dict.fromkeys(SETTING_RANGES, True))
+    obj = c.obj(raw, "cells", {k: k not in OPTIONAL_SETTINGS for k in SETTING_RANGES})
     values: dict[str, Any] = {}
     for f in fields(CellSettings):
         lo, hi = SETTING_RANGES[f.name]
         path = f"cells.{f.name}"
-        if f.type in (int, "int"):
+        if f.name not in obj:
+            values[f.name] = OPTIONAL_SETTINGS[f.name]
+        elif f.type in (int, "int"):
             values[f.name] = c.int_(obj[f.name], path, int(lo), int(hi))
         else:
             values[f.name] = c.num(obj[f.name], path, lo, hi)
