@@ -21,6 +21,7 @@ from leukoscope_tools.evaluate import (
     cell_experiment,
     cell_sources,
     detection,
+    detector_check,
     sample_validation,
 )
 from leukoscope_tools.evaluate.compare import run_compare
@@ -188,6 +189,7 @@ CELL_STEPS: dict[str, tuple[ModuleType, str]] = {
     "sources": (cell_sources, "judge cell runs per source and left-out source, cell by cell"),
     "ship": (cell_ship, "export the best seed and write the cells bundle"),
     "eval": (detection, "measure white-cell detection on ALL-IDB1"),
+    "check-eval": (detector_check, "measure the not-a-white-cell check, before and after"),
     "experiment": (cell_experiment, "the ALL-IDB1-only cell classifier experiment"),
     "idb2-sources": (idb2_sources, "locate ALL-IDB2 crops on their ALL-IDB1 slides"),
     "samples": (sample_validation, "choose and validate the sample rule; write samples.md"),
@@ -303,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cell mode, step by step: `dataset` caches every photo's cell crops, "
         "`train` trains one cell classifier, `compare` writes the comparison report, "
         "`ship` exports the best seed and writes the cells bundle (see tools/reproduce.sh); "
-        "`eval` measures the white-cell detector, `experiment` is the first ALL-IDB1-only "
-        "classifier, `idb2-sources` places ALL-IDB2's crops on their slides, `samples` chooses "
+        "`eval` measures the white-cell detector, `check-eval` the check after it, "
+        "`experiment` is the first ALL-IDB1-only classifier, `idb2-sources` places ALL-IDB2's "
+        "crops on their slides, `samples` chooses "
         "and validates the sample rule on simulated multi-field samples.",
     )
     steps = p.add_subparsers(dest="step", required=True, metavar="STEP")

@@ -15,6 +15,7 @@ import argparse
 import csv
 import json
 import logging
+import re
 import statistics
 import time
 from collections import defaultdict
@@ -86,6 +87,11 @@ NOTES = """\
 - The scale estimate has no ground truth; it is consistent within each camera (table
   below), and within 5% on synthetic fields of known scale (10% below 3 px/um;
   tests/test_cells.py)."""
+
+#: The section `cells check-eval` (evaluate/detector_check.py) writes into the report,
+#: which `--report` here carries over when it rewrites the rest.
+SECTION_START = "<!-- detector-check: written by leukoscope-tools cells check-eval -->"
+SECTION_END = "<!-- /detector-check -->"
 #: The detector's own tune/held-out split of ALL-IDB1, relative to the current folder
 #: (the repository root, where the README's commands run).
 DEFAULT_SPLIT = Path("models/reports/cell-detection-split.csv")
@@ -502,6 +508,14 @@ def format_report(
     return "\n".join(lines) + "\n"
 
 
+def keep_section(old: str, new: str) -> str:
+    """`new` report text with `old`'s detector-check section carried over (if any)."""
+    m = re.search(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END) + r"\n?", old, re.S)
+    if not m or SECTION_START in new:
+        return new
+    return new.rstrip("\n") + "\n\n" + m.group(0)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """`leukoscope-tools cells eval`'s arguments."""
     p.add_argument("data", type=Path, help="the shared data folder (holds all-idb1/)")
@@ -563,6 +577,8 @@ def run_command(args: argparse.Namespace) -> int:
                 cross_source_survey(args.data, args.survey, args.seed, params)
             )
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(text)
+        old = args.report.read_text() if args.report.exists() else ""
+        # `cells check-eval` writes its own section into this report: keep it.
+        args.report.write_text(keep_section(old, text))
         print(f"report written to {args.report}")
     return 0
