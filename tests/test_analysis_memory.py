@@ -3,7 +3,7 @@
 Issue 17: a 12 MP still (4056x3040, the HQ camera) must fit the daemon in 250 MB. The
 gate's working copy used to convert the whole photo to float32 first (150 MB); the
 decode went through Pillow's own copies of the pixels. Both now give the same pixels and
-metrics without those copies.
+metrics (the working copy: the same area average, halved first) without those copies.
 """
 
 from __future__ import annotations
@@ -54,14 +54,19 @@ def test_a_rotated_jpeg_is_still_turned_upright(smear: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("shape", [(1944, 2592), (1368, 1712), (652, 1226), (480, 640)])
-def test_the_float_working_copy_is_the_same_as_converting_first(shape: tuple[int, int]) -> None:
-    rng = np.random.default_rng(shape[0])
-    rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+def test_the_float_working_copy_is_the_area_average_not_requantised(
+    shape: tuple[int, int],
+) -> None:
+    """Halved first (fast), it matches the one-step float32 area average of a smear to a
+    fraction of a level, and keeps the fractions a uint8 copy would round away."""
+    rgb = make_smear(shape[1], shape[0], n_wbc=4, n_blasts=2, px_per_um=6.0, seed=3).image
     got = working_copy(rgb, float32=True)
     size = (got.shape[1], got.shape[0])
     expected = cv2.resize(rgb.astype(np.float32), size, interpolation=cv2.INTER_AREA)
     assert got.dtype == np.float32 and max(size) == 256
-    np.testing.assert_allclose(got, expected, atol=1e-3)
+    diff = np.abs(got - expected)
+    assert float(diff.mean()) < 1.0 and float(np.percentile(diff, 99)) < 4.0
+    assert np.count_nonzero(got != np.round(got)) > 0.5 * got.size
 
 
 def test_the_gate_measures_a_12_megapixel_still_without_a_float_copy() -> None:

@@ -75,3 +75,23 @@ def test_median_removes_salt_noise_before_sharpening() -> None:
 def test_wrong_input_is_refused() -> None:
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         preprocess(np.zeros((8, 8), np.uint8), TINY)
+
+
+def test_shrink_area_halves_first_and_stays_the_area_average() -> None:
+    """A 5 MP smear shrunk to 320 px: two exact halvings, then one area step; within a
+    level or two of the one-step area average, and 2x2 means exactly where it halves."""
+    import cv2
+
+    from leukoscope.analysis.preprocess import halve, halvings, shrink_area
+
+    rgb = make_smear(2592, 1944, n_wbc=6, n_blasts=3, px_per_um=12.0, seed=2).image
+    assert halvings(2592, 1944, (320, 240)) == 2  # 648 px: the last step is 2.025x
+    assert halvings(640, 480, (320, 240)) == 0
+    got = shrink_area(rgb, (320, 240))
+    one_step = cv2.resize(rgb, (320, 240), interpolation=cv2.INTER_AREA)
+    diff = np.abs(got.astype(np.int16) - one_step.astype(np.int16))
+    assert got.shape == (240, 320, 3) and float(diff.mean()) < 1.0
+    assert float(np.percentile(diff, 99)) <= 4
+    block = rgb[:2, :2].astype(np.float64).mean(axis=(0, 1))
+    np.testing.assert_allclose(halve(rgb)[0, 0], block, atol=0.5)
+    assert halve(rgb[:5, :7]).shape == (2, 3, 3)  # an odd last row and column left out

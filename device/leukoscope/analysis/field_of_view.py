@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from leukoscope.analysis.preprocess import shrink_area
+
 #: The grey copy the field is found on: its long side in pixels.
 FIND_SIDE = 320
 #: A pixel darker than this fraction of the bright glass is surround, not smear.
@@ -110,9 +112,10 @@ class FieldOfView:
 def _grey_small(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     h, w = rgb.shape[:2]
     scale = min(1.0, FIND_SIDE / max(h, w))
-    small = cv2.resize(
-        rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
-    )
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # Halved exactly first (shrink_area): a one-step fractional area resize of a 5 MP
+    # still takes 25-30 ms, and the field's edge needs no more than this grey copy's pixels.
+    small = shrink_area(rgb, size) if scale < 1.0 else rgb
     return cv2.cvtColor(np.ascontiguousarray(small[..., :3]), cv2.COLOR_RGB2GRAY), scale
 
 

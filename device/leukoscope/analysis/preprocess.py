@@ -64,6 +64,39 @@ def resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(rgb, tuple(size), interpolation=interp)
 
 
+def halvings(width: int, height: int, size: tuple[int, int]) -> int:
+    """How many exact halvings `shrink_area` makes on the way from (width, height) to `size`:
+    as many as leave the last, fractional step a factor of 2 to 4 (1 to 4 when none)."""
+    k = 0
+    while (width >> k) >= 4 * size[0] and (height >> k) >= 4 * size[1]:
+        k += 1
+    return k
+
+
+def halve(img: np.ndarray, times: int = 1) -> np.ndarray:
+    """2x2 means, `times` over (an odd last row or column is left out); dtype kept."""
+    for _ in range(times):
+        h, w = img.shape[0] // 2, img.shape[1] // 2
+        # Even sides make it OpenCV's fast whole-factor path (exact means, rounded to uint8).
+        img = cv2.resize(img[: 2 * h, : 2 * w], (w, h), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def shrink_area(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-average a uint8 or float32 image down to `size` (width, height), fast.
+
+    OpenCV averages by a whole factor in a fast path (2x2 means of a 5 MP still: about
+    3 ms) but by a fractional one (say 2592 -> 1400 px) 10-15x slower. So the image is
+    first halved exactly (`halvings` times), and only the last step, by a factor of 2-4,
+    is fractional. The result is the one-step area average but for rounding at each
+    halving (uint8: half a level, averaged away by the last step) and the last step's
+    box edges, which fall on halved pixels.
+    """
+    k = halvings(img.shape[1], img.shape[0], size)
+    out: np.ndarray = cv2.resize(halve(img, k), tuple(size), interpolation=cv2.INTER_AREA)
+    return out
+
+
 def preprocess_uint8(rgb: np.ndarray, params: PreprocessParams) -> np.ndarray:
     """Resize to `params.resize`, filter, then resize to the model's input size (uint8)."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:

@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 
 from leukoscope.analysis.field_of_view import FieldOfView
+from leukoscope.analysis.preprocess import halve, halvings
 
 #: The long side of the working copy every metric is computed on.
 WORKING_LONG_SIDE = 256
@@ -156,8 +157,9 @@ def working_copy(
 ) -> np.ndarray:
     """Resize an image so its long side is `long_side` (aspect kept; dtype kept, or float32).
 
-    With `float32` the copy is as if the photo had been converted to float32 first (never
-    re-quantised), without holding the full-size photo as float32 (60 MB for 5 MP).
+    With `float32` a shrunk copy is the area average in float32 (`_area_float32`: halved
+    exactly first, as `preprocess.shrink_area`, then not re-quantised), without holding
+    the full-size photo as float32 (60 MB for 5 MP).
     """
     h, w = rgb.shape[:2]
     scale = long_side / max(h, w)
@@ -172,25 +174,32 @@ def working_copy(
     return resized
 
 
-#: Rows of the photo converted to float32 at a time by `_area_float32`.
+#: Rows of the photo converted to float32 at a time by `_area_float32` (a multiple of
+#: every power of two `halvings` can ask for, so each strip halves exactly).
 _STRIP_ROWS = 128
 
 
 def _area_float32(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """`cv2.resize(img.astype(np.float32), size, interpolation=cv2.INTER_AREA)`, strip by strip.
+    """The area average of a uint8 `img` as float32 at `size`, without a float32 copy of it.
 
-    Area averaging is separable: the width is averaged a strip of rows at a time, then
-    the height, which gives the same numbers with a strip's float32 copy at a time
-    instead of the whole photo's (150 MB for a 12 MP still).
+    As `preprocess.shrink_area` does: halved exactly, then one fractional area resize.
+    The first halving is in uint8 (OpenCV's integer fast path: 3 ms for 5 MP, where a
+    float32 copy alone takes 15 ms); its rounding, at most half a level, is averaged
+    over 25 or more of its pixels by the later steps. The rest are in float32 (never
+    re-quantised), a strip of rows at a time, so a 12 MP still never has a float32 copy
+    (150 MB). 4-5x faster than one fractional area resize of the photo in float32.
     """
-    w, h = size
-    rows = img.shape[0]
-    wide = np.empty((rows, w, *img.shape[2:]), np.float32)
-    for y in range(0, rows, _STRIP_ROWS):
-        strip = img[y : y + _STRIP_ROWS].astype(np.float32)
-        part = cv2.resize(strip, (w, strip.shape[0]), interpolation=cv2.INTER_AREA)
-        wide[y : y + _STRIP_ROWS] = part.reshape(wide[y : y + _STRIP_ROWS].shape)
-    out: np.ndarray = cv2.resize(wide, (w, h), interpolation=cv2.INTER_AREA)
+    k = halvings(img.shape[1], img.shape[0], size)
+    if k:
+        img = halve(img)
+        k -= 1
+    step = 1 << k
+    rows, cols = img.shape[0] // step * step, img.shape[1] // step * step
+    parts = [
+        halve(img[y : min(y + _STRIP_ROWS, rows), :cols].astype(np.float32), k)
+        for y in range(0, rows, _STRIP_ROWS)
+    ]
+    out: np.ndarray = cv2.resize(np.concatenate(parts), size, interpolation=cv2.INTER_AREA)
     return out
 
 
