@@ -107,6 +107,19 @@ def test_a_blank_field_reference_replaces_the_fitted_light(smear: np.ndarray) ->
     assert corner == pytest.approx(middle, rel=0.05)
 
 
+def test_the_fitted_light_is_divided_out_to_the_glass_level_everywhere() -> None:
+    """A blank field under a lopsided quadratic light (every term, each channel its own):
+    the fitted surface, evaluated over the whole photo, leaves it one even grey."""
+    h, w = 486, 648
+    yy, xx = np.mgrid[0:h, 0:w]
+    x, y = (xx + 0.5) / w - 0.5, (yy + 0.5) / h - 0.5
+    light = 1.0 + 0.15 * x - 0.1 * y - 0.3 * x * x + 0.2 * x * y - 0.4 * y * y
+    lamp = np.asarray([230.0, 215.0, 190.0])
+    photo = np.clip(light[..., None] * lamp, 0, 255).round().astype(np.uint8)
+    err = np.abs(flat_field(photo, FieldOfView.whole(w, h)).astype(int) - round(GLASS_LEVEL))
+    assert err.mean() < 1.0 and err[8:-8, 8:-8].max() <= 3  # the coarse grid's edge: 4 px
+
+
 def test_an_unknown_severity_is_refused() -> None:
     with pytest.raises(ValueError, match="severity must be one of"):
         draw("extreme", np.random.default_rng(0))
