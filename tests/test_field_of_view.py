@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -9,6 +10,7 @@ from leukoscope.analysis.field_of_view import (
     GLASS_LEVEL,
     RIM_MARGIN,
     FieldOfView,
+    _fitted_light,
     find_field,
     flat_field,
 )
@@ -118,6 +120,22 @@ def test_the_fitted_light_is_divided_out_to_the_glass_level_everywhere() -> None
     photo = np.clip(light[..., None] * lamp, 0, 255).round().astype(np.uint8)
     err = np.abs(flat_field(photo, FieldOfView.whole(w, h)).astype(int) - round(GLASS_LEVEL))
     assert err.mean() < 1.0 and err[8:-8, 8:-8].max() <= 3  # the coarse grid's edge: 4 px
+
+
+@pytest.mark.parametrize("height", [968, 971])  # 8 x 121 rows: band by band; else whole
+def test_the_gain_applied_band_by_band_gives_the_pixels_of_one_whole_resize(
+    smear: np.ndarray, height: int
+) -> None:
+    img = np.ascontiguousarray(
+        (smear[:height] * np.linspace(0.7, 1.0, smear.shape[1])[None, :, None]).astype(np.uint8)
+    )
+    h, w = img.shape[:2]
+    fov = FieldOfView(w, h, w / 2, h / 2, 0.45 * h, True)
+    light = _fitted_light(img, fov.mask())
+    gain = cv2.resize(GLASS_LEVEL / np.maximum(light, 1.0), (w, h), interpolation=cv2.INTER_LINEAR)
+    expected = cv2.convertScaleAbs(img.astype(np.float32) * gain)
+    expected[~fov.mask()] = round(GLASS_LEVEL)
+    assert np.array_equal(flat_field(img, fov), expected)
 
 
 def test_an_unknown_severity_is_refused() -> None:
