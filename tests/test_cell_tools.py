@@ -534,6 +534,11 @@ def test_model_card_quotes_the_comparison_and_the_parity(tmp_path: Path) -> None
     s = best["settings"]
     assert f"sigmoid({s['bias']:.3f} + {s['w_top_k']:.3f} * top_3_mean" in card
     assert "int8 on the device path" not in render_card(res, best, None)
+    # How the weights were chosen, and the not-a-white-cell check, in words.
+    assert f"epoch {best['best_epoch']} (the best on validation)" in card
+    averaged = {**best, "config": {**best["config"], "average_last": 5, "max_epochs": 14}}
+    assert "the mean of the last 5 of 14 epochs' weights" in render_card(res, averaged, None)
+    assert f"nucleus under {s['reject_small_um2']:g} um^2" in card and "not classified" in card
 
 
 def test_cell_cut_is_chosen_where_the_blast_fraction_separates() -> None:

@@ -45,6 +45,9 @@ from leukoscope_tools.train.slide import photo_features, scores
 logger = logging.getLogger(__name__)
 
 NAME = "cells-thanh"
+#: The bundle version `cells ship` writes (1.0.0: best epoch, photo labels, no PBC, no check;
+#: 1.1.0: the mean of the last epochs' weights, PBC's normal cells, the not-a-white-cell check).
+VERSION = "1.1.0"
 #: Training crops used to calibrate the int8 ranges.
 N_REPRESENTATIVE = 300
 
@@ -106,6 +109,17 @@ def parity(
     }
 
 
+def weights_line(config: dict[str, Any], best_epoch: int) -> str:
+    """How the run's final weights were chosen, in the card's words."""
+    k = int(config.get("average_last", 0) or 0)
+    if k > 0:
+        return (
+            f"the mean of the last {k} of {config.get('max_epochs')} epochs' weights (cosine "
+            "learning rate; no epoch chosen by validation)"
+        )
+    return f"epoch {best_epoch} (the best on validation)"
+
+
 def render_card(res: dict[str, Any], best: dict[str, Any], par: dict[str, Any] | None) -> str:
     """MODEL_CARD.md: what the bundle is, and the comparison quoted from COMPARE.md."""
     s = best["settings"]
@@ -114,7 +128,7 @@ def render_card(res: dict[str, Any], best: dict[str, Any], par: dict[str, Any] |
     # The command recorded with the results; older results name the step only.
     generated_by = res.get("command", "leukoscope-tools cells compare")
     lines = [
-        f"# Model card: {NAME} 1.0.0 (analysis mode `cells`)",
+        f"# Model card: {NAME} {VERSION} (analysis mode `cells`)",
         "",
         "## Summary",
         "",
@@ -150,8 +164,14 @@ def render_card(res: dict[str, Any], best: dict[str, Any], par: dict[str, Any] |
         "## This bundle",
         "",
         f"- Cell classifier: seed {best['seed']} (best validation crop AUC of the three, "
-        f"{fmt(best['best_val_crop_auc'])}, mean of the per-source AUCs), epoch "
-        f"{best['best_epoch']}; full-integer int8 TFLite, input [-1, 128, 128, 3].",
+        f"{fmt(best['best_val_crop_auc'])}, mean of the per-source AUCs), "
+        + weights_line(best.get("config", {}), best["best_epoch"])
+        + "; full-integer int8 TFLite, input [-1, 128, 128, 3].",
+        f"- Detections that are small and pale (nucleus under {s.get('reject_small_um2', 0):g}"
+        f" um^2, mean stain under {s.get('reject_max_stain', 0):g} and under "
+        f"{s.get('reject_relative_stain', 0):g} of the field's densest) are not white cells:",
+        "  not counted, not classified (`leukoscope.analysis.cell_check`; off when the first",
+        "  number is 0).",
         "- Crops: `cellmode.cell_crops` (24 um square, 128x128, white-balanced to glass 235,",
         "  median 3x3 + sharpen), as in training.",
         f"- Slide score = sigmoid({s['bias']:.3f} + {s['w_top_k']:.3f} * top_3_mean + "
@@ -192,6 +212,13 @@ def render_card(res: dict[str, Any], best: dict[str, Any], par: dict[str, Any] |
         "- kaggle-all (Taleqani Hospital): M. Aria, M. Ghaderzadeh, D. Bashash et al., 2021;",
         "  Ghaderzadeh et al., Int. J. Intell. Syst. 2022. Cells labelled by their photo's",
         "  class (benign -> other, early/pre/pro -> blast): **label noise**.",
+        "- PBC (Acevedo et al., Data in Brief 30, 2020; Hospital Clinic of Barcelona,",
+        "  CellaVision DM96): normal white cells of healthy people as `other`, lymphocytes,",
+        "  immature granulocytes and nucleated red cells weighted as hard negatives, when the",
+        "  run was trained on it (trained here on "
+        + ", ".join(best.get("config", {}).get("train_sources", []))
+        + "; PBC has no",
+        "  fields, so it is not in the field tables).",
         "- Split: the whole-field model's `models/whole-field/split.csv` (group-disjoint), so",
         "  both modes are tested on the same photos.",
         "",
@@ -232,7 +259,9 @@ def ship(data: Path, cells_dir: Path, runs: Path, compare_md: Path, out: Path) -
         "best_epoch": best["best_epoch"],
         "best_val_crop_auc": best["best_val_crop_auc"],
         "crops": best["crops"],
-        "data": "ALL-IDB1 + ALL-IDB2 + kaggle-all (../shared/data), models/whole-field/split.csv",
+        "data": " + ".join(best["config"].get("train_sources", list(CELL_SOURCES)))
+        + " (../shared/data; ALL-IDB2 located on ALL-IDB1), models/whole-field/split.csv",
+        "config": best.get("config", {}),
         "dataset": {k: v for k, v in res["dataset"].items() if k != "label_counts"},
     }
     metrics: dict[str, Any] = {
@@ -259,7 +288,7 @@ def ship(data: Path, cells_dir: Path, runs: Path, compare_md: Path, out: Path) -
             out,
             tflite,
             name=NAME,
-            version="1.0.0",
+            version=VERSION,
             architecture="thanh",
             params=PRE,
             cells=settings,
