@@ -5,6 +5,7 @@ Made-up per-photo counts with known answers; one realdata test runs the device o
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -173,8 +174,14 @@ def test_cell_rates_count_matched_blasts_healthy_cells_and_pbc_cells(tmp_path: P
     assert rates["pbc-normal"]["specificity_by_class"]["neutrophil"]["n"] == 1
     assert rates["pooled"]["specificity"]["k"] == 4 and rates["pooled"]["specificity"]["n"] == 5
     pooled = rates["pooled"]["specificity"]["rate"]
-    # ALL-IDB1's 0.5 + 0.5 is no better than chance: only the pooled rates may correct.
-    assert rate_candidates(rates) == {"pooled": ErrorRates(0.5, pooled)}
+    # ALL-IDB1's 0.5 + 0.5 is no better than chance, and the pooled 0.5 + 0.8 too little
+    # better (Rogan-Gladen would divide by 0.3): no rates to correct by.
+    assert rate_candidates(rates) == {UNCORRECTED: PERFECT}
+    # With a sensitivity of 0.9 the pooled rates (Youden 0.7) may correct, ALL-IDB1's
+    # (0.9 + 0.5 - 1 = 0.4, under MIN_YOUDEN) still may not.
+    better = copy.deepcopy(rates)
+    better["pooled"]["sensitivity"]["rate"] = 0.9
+    assert rate_candidates(better) == {"pooled": ErrorRates(0.9, pooled)}
 
 
 def test_rates_no_better_than_chance_give_no_correction_and_no_manifest_object(
@@ -232,8 +239,10 @@ def test_the_device_finds_and_calls_annotated_blasts_on_a_validation_slide(
     rows = read_table(REPO / "models" / "whole-field" / "split.csv")
     row = next(r for r in rows if r.path.endswith("Im007_1.jpg"))
     assert row.split == "val"
-    result = analyse_photo(shared_data, load_bundle(SHIPPED_BUNDLE), row, None)
+    bundle = load_bundle(SHIPPED_BUNDLE)
+    assert bundle.manifest.cells is not None
+    result = analyse_photo(shared_data, bundle, row, None)
     assert result.n_classified == len(result.cells) > 0
-    calls = idb1_blast_calls(shared_data, [result], cut=0.632)
+    calls = idb1_blast_calls(shared_data, [result], cut=bundle.manifest.cells.cell_cut)
     assert calls["detected"] >= 0.9 * calls["annotated_blasts"]
     assert calls["sensitivity"]["rate"] is not None and calls["sensitivity"]["rate"] > 0.5

@@ -355,19 +355,26 @@ def cell_rates(
     return result
 
 
+#: The least Youden index (sensitivity + specificity - 1) of rates a rule may correct by.
+#: Rogan-Gladen divides by it: with sensitivity 0.91 and specificity 0.15 (kaggle-all's
+#: benign cells under cells-thanh 1.1.0) every observed share below 85% corrects to 0, so
+#: on a lab where the classifier does well a leukemic sample would be cleared.
+MIN_YOUDEN = 0.5
+
+
 def rate_candidates(rates: dict[str, Any]) -> dict[str, ErrorRates]:
-    """The measured rates the rule may correct by: those better than chance, by name.
+    """The measured rates the rule may correct by: those well better than chance, by name.
 
     The sensitivity is ALL-IDB1's (the only cell-level blast truth); the specificity that
     of one source's normal cells (ALL-IDB1, kaggle-all) or of all of them pooled with PBC's.
-    None better than chance: the classifier taken at its word ("uncorrected"), which no
-    manifest can record.
+    Rates whose Youden index is under `MIN_YOUDEN` are left out. None left: the classifier
+    taken at its word ("uncorrected"), which no manifest can record.
     """
     s = rates["pooled"]["sensitivity"]["rate"]
     out = {}
     for name, c in rates["candidates"].items():
         p = rates[c["specificity_from"]]["specificity"]["rate"]
-        if s is not None and p is not None and s + p > 1.0:
+        if s is not None and p is not None and s + p - 1.0 >= MIN_YOUDEN:
             out[name] = ErrorRates(s, p)
     return out or {UNCORRECTED: PERFECT}
 
