@@ -72,19 +72,24 @@ def judge_run(cs: CellSet, run: Path) -> dict[str, Any]:
 def score_bundle(cs: CellSet, bundle_dir: Path) -> tuple[np.ndarray, float, dict[str, Any]]:
     """A cells bundle's int8 model on the crops this report reads, and its own cell cut.
 
-    The bundle before issue 13 was trained on ALL-IDB1 and kaggle-all TRAIN photos of the
-    same split, so their test photos and all of PBC are held out for it too.
+    Bundles are trained on TRAIN photos of the same split: ALL-IDB1 and kaggle-all (the
+    bundle before issue 13), and PBC's train cells where the manifest's training config
+    names it (1.1.0 on). So their test photos are held out for them too, and so is all of
+    PBC for a bundle that never saw it.
     """
     bundle = load_bundle(bundle_dir)
     analyser = bundle.analyser
     if not isinstance(analyser, CellAnalyser):
         raise ValueError(f"{bundle_dir}: not a cells bundle")
+    m = bundle.manifest
+    config = m.raw.get("training", {}).get("config") or {}
+    trained = list(config.get("train_sources") or ["all-idb1", "kaggle-all"])
     src = np.array([cs.photos[c.photo].source for c in cs.cells])
     split = np.array([cs.photos[c.photo].split for c in cs.cells])
     y = cs.column("y_cell")
     want = (
         ((src == "all-idb1") & (y >= 0))
-        | (src == PBC)
+        | ((src == PBC) & ((split == "test") | (PBC not in trained)))
         | ((src == "kaggle-all") & (split == "test"))
     )
     idx = np.flatnonzero(want & cs.column("detected").astype(bool))
@@ -92,12 +97,12 @@ def score_bundle(cs: CellSet, bundle_dir: Path) -> tuple[np.ndarray, float, dict
     for at in range(0, len(idx), 64):
         chunk = idx[at : at + 64]
         p[chunk] = analyser.blast_probabilities(normalise(np.asarray(cs.crops[chunk]), PRE))
-    m = bundle.manifest
     test = [
         ph for ph in cs.photos if ph.source in ("all-idb1", "kaggle-all") and ph.split == "test"
     ]
     few = few_cell_healthy(cs, p, analyser.settings, analyser.thresholds, test)
-    return p, analyser.settings.cell_cut, {"name": m.name, "version": m.version, "few": few}
+    info = {"name": m.name, "version": m.version, "few": few, "trained": trained}
+    return p, analyser.settings.cell_cut, info
 
 
 def healthy_fields(cs: CellSet, p: np.ndarray, cut: float, trained: list[str]) -> dict[str, Any]:
@@ -383,10 +388,10 @@ def run_command(args: argparse.Namespace) -> int:
     results = []
     for bundle_dir in args.bundle:
         p, cut, m = score_bundle(cs, bundle_dir)
-        # Trained on ALL-IDB1 and kaggle-all train photos; PBC never seen.
+        # Trained on the train photos of the sources its manifest names.
         config = {"seed": None, "kaggle_labels": "photo (bundle)", "hard_weight": None}
         name = f"bundle {m['name']} {m['version']}"
-        results.append(judge(cs, p, ["all-idb1", "kaggle-all"], cut, name, config))
+        results.append(judge(cs, p, m["trained"], cut, name, config))
         results[-1]["fields"] = {"test": {}, "few_cell_healthy": m["few"]}
     for run in args.runs:
         if (run / "run.json").is_file():
