@@ -111,9 +111,7 @@ def card_limits(card: str | None, max_items: int = 12) -> list[str]:
 def _cross_source(metrics: dict[str, Any]) -> list[str]:
     out: list[str] = []
     cross = metrics.get("cross_source")
-    if not isinstance(cross, dict):
-        return out
-    for name, entry in cross.items():
+    for name, entry in (cross if isinstance(cross, dict) else {}).items():
         if not isinstance(entry, dict):
             continue
         seeds = entry.get("seeds")
@@ -128,11 +126,11 @@ def _cross_source(metrics: dict[str, Any]) -> list[str]:
         out.append(
             f"Trained on {trained} only and tested on {tested}: ROC AUC {auc:.2f} (0.5 is chance)."
         )
-    if out:
-        out.append(
-            "Expect it to do worse on a microscope, camera or stain it has not seen: "
-            "check it on your own rig's slides before relying on it."
-        )
+    # True of every model, measured across sources or not.
+    out.append(
+        "Expect it to do worse on a microscope, camera or stain it has not seen: "
+        "check it on your own rig's slides before relying on it."
+    )
     return out
 
 
