@@ -234,7 +234,9 @@ def test_the_model_summary_quotes_the_shipped_manifest():
     assert {s for s, *_ in m.by_source} >= {"all-idb1", "kaggle-all"}
     assert m.limits and any("ALL-IDB1 confounds camera with label" in x for x in m.limits)
     assert any("not seen" in x for x in m.limits)  # the cross-source drop, in words
-    assert m.thresholds and "22%" in m.thresholds and "81%" in m.thresholds
+    low, high = bundle["thresholds"]
+    assert m.thresholds and f"{100 * low:.0f}%" in m.thresholds
+    assert f"{100 * high:.0f}%" in m.thresholds
     rule = bundle["sample"]
     assert m.sample_rule and f"surely above {100 * rule['threshold']:g}%" in m.sample_rule
     assert f"sensitivity {100 * rule['sensitivity']:.0f}%" in m.sample_rule
@@ -257,6 +259,8 @@ def test_rates_without_numbers_are_a_dash():
     assert rate_text(None) == "–" and rate_text(0.5, ["a", 1]) == "50%"
     assert card_limits(None) == [] and card_limits("# Card\nno limits here") == []
     assert summarise({"metrics": {"sensitivity": 0.95}}).measures[0].text == "95%"
+    # Every model is told to be checked on the user's own rig, cross-source runs or not.
+    assert any("has not seen" in x for x in summarise({"metrics": {}}).limits)
 
 
 # --- the charts ---------------------------------------------------------------------------------
