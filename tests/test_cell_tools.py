@@ -36,7 +36,14 @@ from leukoscope_tools.data.cells import (
     save,
 )
 from leukoscope_tools.data.photos import Row, read_table, write_table
-from leukoscope_tools.evaluate.cell_compare import compare, paired_auc_diff, render, spread, verdict
+from leukoscope_tools.evaluate.cell_compare import (
+    compare,
+    is_shipped,
+    paired_auc_diff,
+    render,
+    spread,
+    verdict,
+)
 from leukoscope_tools.evaluate.cell_sources import judge
 from leukoscope_tools.evaluate.detection import (
     SlideResult,
@@ -634,7 +641,7 @@ def test_shipped_cells_report_is_its_numbers_rendered() -> None:
     for line in verdict(res):
         assert line in card
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    best = next(r for r in res["cells"] if r["seed"] == res["best_seed"])
+    best = next(r for r in res["cells"] if is_shipped(r, res))
     assert manifest["analysis_mode"] == "cells"
     assert manifest["cells"] == best["settings"]
     assert manifest["thresholds"] == best["thresholds"]

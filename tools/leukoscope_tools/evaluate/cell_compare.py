@@ -327,6 +327,7 @@ def compare(
     }
     best = max(main_runs, key=lambda r: r["best_val_crop_auc"] or -1)
     result["best_seed"] = best["seed"]
+    result["best_run"] = best["run"]
     # Cells minus whole-field AUC on the same photos, paired bootstrap per seed.
     y = y_of(test)
     src = np.array([ph.source for ph in test])
@@ -437,6 +438,19 @@ def seeds_table(summary: dict[str, Any]) -> str:
     return "\n".join([head, rule, *body])
 
 
+def run_label(r: dict[str, Any], res: dict[str, Any]) -> str:
+    """A cell run's name in the tables: its seed, or its folder when two runs share a seed."""
+    seeds = [c["seed"] for c in res["cells"]]
+    return f"seed {r['seed']}" if len(set(seeds)) == len(seeds) else str(r["run"])
+
+
+def is_shipped(r: dict[str, Any], res: dict[str, Any]) -> bool:
+    """Is `r` the run `cells ship` exports (the best on validation)?"""
+    if "best_run" in res:
+        return bool(r["run"] == res["best_run"])
+    return bool(r["seed"] == res["best_seed"])
+
+
 def main_table(res: dict[str, Any], scope: str) -> str:
     """The test comparison for one scope."""
     wf = res["whole_field"]
@@ -446,8 +460,8 @@ def main_table(res: dict[str, Any], scope: str) -> str:
             ("whole-field, photos cell mode decides", wf["test_cells_decided"].get(scope, {}))
         )
     for r in res["cells"]:
-        tag = " (shipped)" if r["seed"] == res["best_seed"] else ""
-        rows.append((f"cells, seed {r['seed']}{tag}", r["test"].get(scope, {})))
+        tag = " (shipped)" if is_shipped(r, res) else ""
+        rows.append((f"cells, {run_label(r, res)}{tag}", r["test"].get(scope, {})))
     rows.append(("count baseline (density only)", res["count_baseline"]["test"].get(scope, {})))
     return table(rows)
 
@@ -595,13 +609,13 @@ def _cross_summary(res: dict[str, Any]) -> str:
 def _seed_note(res: dict[str, Any]) -> str:
     runs = res["cells"]
     parts = [
-        f"seed {r['seed']}: best epoch {r['best_epoch']} of {r.get('epochs_run')}, "
+        f"{run_label(r, res)}: best epoch {r['best_epoch']} of {r.get('epochs_run')}, "
         f"validation crop AUC {fmt(r['best_val_crop_auc'])}, test AUC "
         f"{fmt(r['test']['overall'].get('roc_auc'))}"
         for r in runs
     ]
     return (
-        "; ".join(parts) + ". The shipped seed is the one with the best validation crop AUC"
+        "; ".join(parts) + ". The shipped run is the one with the best validation crop AUC"
         " (a rule fixed in the code before any test number existed)."
     )
 
@@ -659,7 +673,7 @@ def render(res: dict[str, Any], command: str | None = None) -> str:
     for scope in TEST_SCOPES:
         lines += [f"### {scope}", "", main_table(res, scope), ""]
     lines += [
-        "## Cell mode over seeds 0, 1, 2 (test photos)",
+        "## Cell mode over the runs (test photos)",
         "",
         "Mean ± standard deviation (min-max).",
         "",

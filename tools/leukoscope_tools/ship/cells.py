@@ -33,6 +33,7 @@ from leukoscope_tools.data.cells import CELL_SOURCES, PRE, SOURCES, CellSet, Pho
 from leukoscope_tools.evaluate.cell_compare import (
     cross_table,
     fmt,
+    is_shipped,
     main_table,
     seeds_table,
     verdict,
@@ -153,7 +154,7 @@ def render_card(res: dict[str, Any], best: dict[str, Any], par: dict[str, Any] |
     lines += [
         "Per ALL-IDB1 camera and the full tables: `COMPARE.md`.",
         "",
-        "### Cell mode, mean over seeds 0, 1, 2 (test)",
+        "### Cell mode, mean over the runs compared (test)",
         "",
         seeds_table(res["cells_seeds"]),
         "",
@@ -163,7 +164,8 @@ def render_card(res: dict[str, Any], best: dict[str, Any], par: dict[str, Any] |
         "",
         "## This bundle",
         "",
-        f"- Cell classifier: seed {best['seed']} (best validation crop AUC of the three, "
+        f"- Cell classifier: {best['run']}, seed {best['seed']} (best validation crop AUC of "
+        f"the {len(res['cells'])} runs, "
         f"{fmt(best['best_val_crop_auc'])}, mean of the per-source AUCs), "
         + weights_line(best.get("config", {}), best["best_epoch"])
         + "; full-integer int8 TFLite, input [-1, 128, 128, 3].",
@@ -232,7 +234,11 @@ def render_card(res: dict[str, Any], best: dict[str, Any], par: dict[str, Any] |
         "- int8: a cell whose probability sits near `cell_cut` can flip between int8 and",
         "  float, moving the blast fraction and so the slide score (see the largest",
         "  difference above); verdicts agree on the share stated.",
-        "- Not tested on a Raspberry Pi camera, other stains or other microscopes.",
+        "- Not tested on a Raspberry Pi camera, other stains or other microscopes. A lab",
+        "  whose cells it never saw can fare much worse than these tables: the recipe of",
+        "  cells-thanh 1.1.0 trained without PBC called 60% of PBC's lymphocytes blasts",
+        "  (`models/reports/cell-sources.md`). Measure it on your own labelled cells",
+        "  (`leukoscope classify-cells`) before relying on it.",
         "",
     ]
     return "\n".join(lines) + "\n"
@@ -241,7 +247,7 @@ def render_card(res: dict[str, Any], best: dict[str, Any], par: dict[str, Any] |
 def ship(data: Path, cells_dir: Path, runs: Path, compare_md: Path, out: Path) -> dict[str, Any]:
     """Export, write and verify the bundle; returns the parity numbers."""
     res = json.loads((compare_md.parent / "compare.json").read_text())
-    best = next(r for r in res["cells"] if r["seed"] == res["best_seed"])
+    best = next(r for r in res["cells"] if is_shipped(r, res))
     run_dir = runs / best["run"]
     cs = load(cells_dir)
     model = keras.models.load_model(run_dir / "model.keras")
