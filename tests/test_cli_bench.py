@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from leukoscope.analysis.reasons import RETAKE_REASONS
+from leukoscope.cli.appliance import result_line
 from leukoscope.cli.main import build_parser, main
 from leukoscope.config import bundled_config
 from leukoscope.core.synthetic import write_demo_images
@@ -60,7 +61,7 @@ def test_the_laptop_config_works_with_the_model_commands(
         assert main(argv) == 0, argv
         listing = json.loads(capsys.readouterr().out)
         assert listing["store"] == str(laptop_root / ".run" / "state" / "models")
-        assert listing["active"].startswith("cells-thanh-1.0.0-")
+        assert listing["active"].startswith("cells-thanh-1.1.0-")
     assert main(["model", "verify", "--config", cfg]) == 0
     assert main(["check-config", "--config", cfg]) == 0
     assert "ok (camera replay" in capsys.readouterr().out
@@ -78,7 +79,7 @@ def test_a_config_after_the_subcommand_wins_over_one_before(
 
 @pytest.fixture(scope="module")
 def demo_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    """The real daemon over the six demo fields with the shipped bundle."""
+    """The real daemon over the five demo fields with the shipped bundle."""
     tmp = tmp_path_factory.mktemp("bench")
     write_demo_images(tmp / "replay")
     proc = DaemonProcess(daemon_config(tmp, SHIPPED_BUNDLE, tmp / "replay"))
@@ -95,7 +96,7 @@ def test_capture_and_status_print_one_line_and_json_on_request(
 ) -> None:
     cfg = str(demo_daemon.config)
     lines = []
-    for _ in range(6):  # the replay camera takes the six demo fields in turn
+    for _ in range(5):  # the replay camera takes the five demo fields in turn
         assert main(["capture", "--config", cfg]) == 0
         out = capsys.readouterr().out
         assert len(out.splitlines()) == 1, out
@@ -103,7 +104,6 @@ def test_capture_and_status_print_one_line_and_json_on_request(
     said = "\n".join(lines)
     for words in (
         "no leukemia suspected (leukemia score 0.0",
-        "LEUKEMIA SUSPECTED: refer (leukemia score 0.9",
         "indeterminate: take more fields or refer (leukemia score 0.",
         f"retake ({RETAKE_REASONS['out-of-focus']})",
         f"retake ({RETAKE_REASONS['too-dark']})",
@@ -113,7 +113,7 @@ def test_capture_and_status_print_one_line_and_json_on_request(
     assert all(" - record " in line for line in lines)
     assert main(["--config", cfg, "status"]) == 0
     status = capsys.readouterr().out.strip()
-    assert status.startswith("ready; model cells-thanh 1.0.0; ") and "\n" not in status
+    assert status.startswith("ready; model cells-thanh 1.1.0; ") and "\n" not in status
     assert status.endswith(lines[-1])
     assert main(["capture", "--json", "--config", cfg]) == 0
     reply = json.loads(capsys.readouterr().out)
@@ -127,7 +127,7 @@ def test_capture_and_status_print_one_line_and_json_on_request(
 def test_classify_says_retakes_in_words_and_each_path_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    focus, dark = write_demo_images(tmp_path, 5)[3:5]
+    focus, dark = write_demo_images(tmp_path, 4)[2:4]
     missing = tmp_path / "gone.png"
     code = main(["classify", str(focus), str(dark), str(missing), "--bundle", str(SHIPPED_BUNDLE)])
     out = capsys.readouterr().out.splitlines()
@@ -193,3 +193,20 @@ def test_every_command_takes_the_config_before_or_after_its_name(command: list[s
     after = parser.parse_args([*command, "--config", str(cfg)])
     assert before.config == after.config == cfg
     assert parser.parse_args(command).config is None  # the default: $LEUKOSCOPE_CONFIG, ...
+
+
+def test_a_refer_result_is_one_line_in_capitals() -> None:
+    """No demo field reaches "leukemia suspected" with the shipped bundle: its line, here."""
+    line = result_line(
+        {
+            "outcome": "leukemia-suspected",
+            "id": 7,
+            "p_leukemia": 0.968,
+            "cells": {"n_found": 9, "n_blasts": 8},
+            "created_at": "2026-12-03T11:56:28Z",
+        }
+    )
+    assert line.startswith(
+        "LEUKEMIA SUSPECTED: refer (leukemia score 0.968; 9 white cells, 8 blasts)"
+    )
+    assert " - record 7, 2026-12-03 " in line and "\n" not in line

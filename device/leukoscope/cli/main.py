@@ -38,7 +38,7 @@ from leukoscope.cli.args import (
 )
 from leukoscope.core.errors import LeukoscopeError
 from leukoscope.core.imageio import iter_image_paths
-from leukoscope.core.synthetic import write_demo_images
+from leukoscope.core.synthetic import DEMO_FIELDS, write_demo_images
 from leukoscope.model.bundle import load_bundle
 from leukoscope.pipeline import analyse
 
@@ -236,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--count",
         type=positive_int,
-        default=6,
-        help="fields to write (default 6: no leukemia suspected, leukemia suspected, "
+        default=len(DEMO_FIELDS),
+        help=f"fields to write (default {len(DEMO_FIELDS)}: no leukemia suspected, "
         "indeterminate, retakes for focus, exposure, no white cells; then again)",
     )
     p.set_defaults(func=cmd_demo_images)
