@@ -235,12 +235,18 @@ def test_cell_weights_balance_labels_within_each_source() -> None:
     assert max(ratios) == pytest.approx(min(ratios), rel=1e-5)
 
 
-def test_training_loop_keeps_the_best_epoch_and_stops_after_patience() -> None:
+def _tiny_model_and_data() -> tuple[keras.Model, np.ndarray, np.ndarray]:
+    """A seeded two-class softmax model (Adam 0.1) and 32 points it can learn."""
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
     model.compile(optimizer=keras.optimizers.Adam(0.1), loss="sparse_categorical_crossentropy")
     x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64)
+    return model, x, y
+
+
+def test_training_loop_keeps_the_best_epoch_and_stops_after_patience() -> None:
+    model, x, y = _tiny_model_and_data()
     scripted = iter([0.5, 0.8, 0.6, 0.7, 0.9])  # the 0.9 comes too late: patience 2
     seen: list[list[np.ndarray]] = []
 
@@ -266,11 +272,7 @@ def test_training_loop_keeps_the_best_epoch_and_stops_after_patience() -> None:
 
 
 def test_averaged_training_runs_every_epoch_and_ends_on_the_mean_of_the_last() -> None:
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="sparse_categorical_crossentropy")
-    x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.int64)
+    model, x, y = _tiny_model_and_data()
     scores = iter([0.9, 0.1, 0.2, 0.3, 0.4, 0.5])  # a "best" first epoch must not be chosen
     seen: list[list[np.ndarray]] = []
     rates: list[float] = []
