@@ -80,7 +80,7 @@ if [ "${CELLS:-1}" = 1 ]; then
             --compare "$CACHE/report/COMPARE.md" --out "$CELLS_OUT"
         "$TOOLS" cells sources "$CACHE" --bundle "$CELLS_OUT" \
             --out "$CACHE/report/cell-sources-shipped.md"
-        "$TOOLS" cells samples "$DATA" --write-manifest
+        "$TOOLS" cells samples "$DATA" --bundle "$CELLS_OUT" --split "$OUT/split.csv" --write-manifest
     fi
 fi
 echo "reproduced $OUT${CELLS_OUT:+ and $CELLS_OUT} in $(( ($(date +%s) - start) / 60 )) min"
