@@ -44,7 +44,7 @@ from leukoscope_tools.evaluate.cell_compare import (
     spread,
     verdict,
 )
-from leukoscope_tools.evaluate.cell_sources import judge
+from leukoscope_tools.evaluate.cell_sources import judge, score_bundle
 from leukoscope_tools.evaluate.detection import (
     SlideResult,
     format_whole_field_split,
@@ -707,3 +707,44 @@ def test_cell_cut_separates_validation_cells_and_never_reads_a_left_out_source()
     idb = judged["all-idb1 (left out)"]
     assert idb["auc"] == 1.0 and idb["sensitivity"]["rate"] == 1.0
     assert "kaggle-all photos (test)" in judged
+
+
+def test_a_bundle_is_judged_on_pbc_cells_it_never_trained_on(tmp_path: Path) -> None:
+    """`cells sources --bundle`: a bundle that saw PBC's train cells is scored on its test
+    cells only; one whose manifest does not name PBC, on all of them."""
+    from tests.helpers import build_tiny_cells_bundle
+
+    cs = _fake_set(12)
+    first = len(cs.cells)
+    photos, cells = list(cs.photos), list(cs.cells)
+    for k, split in enumerate(("train", "train", "test", "val")):
+        i = len(photos)
+        photos.append(
+            replace(
+                photos[0],
+                photo=i,
+                path=f"pbc/lymphocyte/c{k}.jpg",
+                source=PBC,
+                split=split,
+                group=f"pbc{k}",
+                first=first + k,
+                count=1,
+                n_cells=1,
+                n_detected=1,
+            )
+        )
+        cells.append(CellRow(i, 32.0, 32.0, 40.0, False, 0, "pbc", True))
+    bundle = build_tiny_cells_bundle(tmp_path / "bundle")
+    side = json.loads((bundle / "manifest.json").read_text())["input"]["width"]
+    crops = np.random.default_rng(0).integers(0, 255, (len(cells), side, side, 3), dtype=np.uint8)
+    cs = CellSet(crops, cells, photos, cs.summary)
+    pbc = np.arange(first, first + 4)
+    p, _, info = score_bundle(cs, bundle)
+    assert info["trained"] == ["all-idb1", "kaggle-all"]  # no config: the old bundles' sources
+    assert np.isfinite(p[pbc]).all()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["training"]["config"] = {"train_sources": ["all-idb1", "kaggle-all", PBC]}
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    p, _, info = score_bundle(cs, bundle)
+    assert PBC in info["trained"]
+    assert np.isnan(p[pbc[:2]]).all() and np.isfinite(p[pbc[2]]) and np.isnan(p[pbc[3]])
