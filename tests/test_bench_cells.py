@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import cv2
 import pytest
 
-from leukoscope.bench.cells import STAGES
+from leukoscope.bench.cells import STAGES, cells_within
+from leukoscope.bench.daemon import without_inference
 from leukoscope.cli.main import main
 from leukoscope.core.synthetic import make_smear
 
@@ -37,6 +39,40 @@ def test_bench_prints_every_stage_and_writes_a_report(
     assert all(v > 0 for v in figures["stages_ms"].values())
     # The total is the wall time of the stages together, not a made-up sum.
     assert figures["total_ms"] >= 0.8 * sum(figures["stages_ms"].values())
+    # Without inference: the decode and the other stages, what a field costs before its cells.
+    fixed = figures["without_inference_ms"]
+    assert figures["decode_full_ms"] <= fixed < figures["total_with_decode_ms"]
+    per_cell = figures["inference_per_cell_ms"]
+    assert per_cell == pytest.approx(figures["stages_ms"]["inference"] / 7, rel=0.01)
+    assert figures["cells_within_budget"] == cells_within(120.0, fixed, per_cell)
+    assert f"| **without inference: decode and every other stage** | **{fixed:.1f}** |" in out
+    assert f"| inference per white cell, 2 thread(s) | {per_cell:.2f} |" in out
+    assert "meets the 120 ms budget at 2 thread(s)" in out
+
+
+def test_cells_within_a_budget_counts_whole_cells_after_the_fixed_stages() -> None:
+    assert cells_within(120.0, 60.0, 4.7) == 12  # 60 ms left, 12 x 4.7 = 56.4
+    assert cells_within(120.0, 115.0, 4.7) == 1
+    assert cells_within(120.0, 116.0, 4.7) == 0
+    assert cells_within(120.0, 130.0, 4.7) == 0  # the stages alone are over
+    assert cells_within(120.0, 60.0, 0.0) == 0  # no cells measured: no claim
+
+
+def test_the_daemon_bench_takes_inference_out_per_capture_and_per_cell() -> None:
+    rows: list[dict[str, Any]] = [
+        {
+            "timings_ms": {"trigger_to_indicator": 200.0, "inference": 60.0},
+            "cells": {"n_classified": 6},
+        },
+        {
+            "timings_ms": {"trigger_to_indicator": 260.0, "inference": 120.0},
+            "cells": {"n_classified": 12},
+        },
+        {"timings_ms": {"trigger_to_indicator": 150.0}, "cells": None},  # a retake: no inference
+    ]
+    fixed, per_cell = without_inference(rows)
+    assert fixed == 140.0  # 140, 140, 150
+    assert per_cell == 10.0
 
 
 def test_bench_refuses_a_whole_field_bundle(

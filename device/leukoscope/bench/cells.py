@@ -10,6 +10,11 @@ int8 inference of all crops, and the decision (slide features, score, boxes). Th
 budget (issue 14), 120 ms median, is for all of them with the JPEG's decode (at full
 size, as cells mode does).
 
+Inference grows with the number of white cells and the rest hardly does, so the bench
+also prints the analysis without inference (decode included), inference per cell at
+the bench's thread count, and so the most white cells a field may have and still meet
+the budget (`cells_within`).
+
 Without --image the still is synthetic: 2592x1944 at 6 px/um (the scale of an ALL-IDB1
 photo) with about 50 white cells, a busy field.
 """
@@ -60,6 +65,14 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 2)
 
 
+def cells_within(budget_ms: float, fixed_ms: float, per_cell_ms: float) -> int:
+    """The most white cells whose inference still fits in `budget_ms` after `fixed_ms`
+    (the stages that do not grow with the cells), at `per_cell_ms` each; 0 when none do."""
+    if per_cell_ms <= 0 or fixed_ms >= budget_ms:
+        return 0
+    return int((budget_ms - fixed_ms) // per_cell_ms)
+
+
 def run_bench(
     jpeg: bytes,
     bundle: Bundle,
@@ -77,7 +90,7 @@ def run_bench(
         reasons = ", ".join(first.retake_reasons)
         raise ImageError(f"the bench photo is a retake ({reasons}): nothing to time")
     per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
-    totals, decodes, decodes_half, with_decode = [], [], [], []
+    totals, decodes, decodes_half, with_decode, without_inference = [], [], [], [], []
     half = (rgb.shape[1] // 2, rgb.shape[0] // 2)
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -88,6 +101,7 @@ def run_bench(
         decodes.append((t1 - t0) * 1000)
         totals.append((t2 - t1) * 1000)
         with_decode.append((t2 - t0) * 1000)
+        without_inference.append((t2 - t0) * 1000 - result.timings_ms.get("inference", 0.0))
         for s in STAGES:
             per_stage[s].append(result.timings_ms.get(s, 0.0))
         t0 = time.perf_counter()
@@ -101,6 +115,9 @@ def run_bench(
             scale_ms.append((time.perf_counter() - t0) * 1000)
     report = first.cells
     total = _median(totals)
+    fixed = _median(without_inference)
+    # Per cell: the whole inference over the cells (its small fixed cost included).
+    per_cell = round(statistics.median(per_stage["inference"]) / max(1, report.n_classified), 3)
     return {
         "input": list(analyser.params.input_size),
         "image_size": list(report.image_size),
@@ -118,6 +135,9 @@ def run_bench(
         "decode_full_ms": _median(decodes),
         "decode_half_ms": _median(decodes_half),
         "total_with_decode_ms": _median(with_decode),
+        "without_inference_ms": fixed,
+        "inference_per_cell_ms": per_cell,
+        "cells_within_budget": cells_within(BUDGET_MS, fixed, per_cell),
         "budget_ms": BUDGET_MS,
         "within_budget": _median(with_decode) < BUDGET_MS,
     }
@@ -153,11 +173,31 @@ def format_report(r: dict[str, Any], image: str) -> str:
     lines += [
         f"| JPEG decode, full size | {r['decode_full_ms']:.1f} |",
         f"| (JPEG decode at half size, for comparison) | {r['decode_half_ms']:.1f} |",
+        f"| **without inference: decode and every other stage** | "
+        f"**{r['without_inference_ms']:.1f}** |",
+        f"| inference per white cell, {r['threads']} thread(s) | "
+        f"{r['inference_per_cell_ms']:.2f} |",
         "",
         f"{'within' if r['within_budget'] else 'OVER'} the {r['budget_ms']:.0f} ms budget "
         "(decode, field, scale, quality, detection, crops, batched int8 inference, decision)",
+        "",
+        _cells_sentence(r),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _cells_sentence(r: dict[str, Any]) -> str:
+    budget, fixed = r["budget_ms"], r["without_inference_ms"]
+    if fixed >= budget:
+        return (
+            f"no field meets the {budget:.0f} ms budget at {r['threads']} thread(s): the stages "
+            f"without inference alone take {fixed:.1f} ms"
+        )
+    return (
+        f"a field with at most {r['cells_within_budget']} white cells meets the {budget:.0f} ms "
+        f"budget at {r['threads']} thread(s) ({fixed:.1f} ms without inference, "
+        f"{r['inference_per_cell_ms']:.2f} ms per cell)"
+    )
 
 
 def print_bench(
