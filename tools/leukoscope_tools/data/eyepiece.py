@@ -12,7 +12,7 @@ the robustness report (field-level results with and without the simulator, side 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -38,7 +38,33 @@ class Eyepiece:
     blur_px: float
     #: Sensor noise, standard deviation in 8-bit levels.
     noise: float
-    jpeg_quality: int
+    #: JPEG quality of the saved still; None: not compressed.
+    jpeg_quality: int | None
+    #: The stop's dark surround is seen (False: the disc's vignetting stays, the dark
+    #: surround does not: what the stop alone costs).
+    surround: bool = True
+
+
+#: The simulator's effects, in the order light meets them; `without` takes one away.
+EFFECTS = ("scale", "blur", "stop", "vignetting", "cast", "gamma", "noise", "jpeg")
+
+
+def without(eye: Eyepiece, effect: str) -> Eyepiece:
+    """`eye` with one effect taken away and every other setting unchanged, so that a
+    report can say what each effect costs."""
+    changes: dict[str, dict[str, object]] = {
+        "scale": {"scale": 1.0},
+        "blur": {"blur_px": 0.0},
+        "stop": {"surround": False},
+        "vignetting": {"vignetting": 1.0},
+        "cast": {"cast": (1.0, 1.0, 1.0)},
+        "gamma": {"gamma": 1.0},
+        "noise": {"noise": 0.0},
+        "jpeg": {"jpeg_quality": None},
+    }
+    if effect not in changes:
+        raise ValueError(f"effect must be one of {', '.join(EFFECTS)}, got {effect!r}")
+    return replace(eye, **changes[effect])  # type: ignore[arg-type]
 
 
 #: Severity -> (low, high) of each random setting; "none" is the photo unchanged.
@@ -106,7 +132,11 @@ def simulate(rgb: np.ndarray, eye: Eyepiece, rng: np.random.Generator) -> Simula
     h0, w0 = rgb.shape[:2]
     w, h = max(16, round(w0 * eye.scale)), max(16, round(h0 * eye.scale))
     interp = cv2.INTER_AREA if eye.scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(rgb[..., :3], (w, h), interpolation=interp)
+    resized = (
+        rgb[..., :3]
+        if (w, h) == (w0, h0)
+        else cv2.resize(rgb[..., :3], (w, h), interpolation=interp)
+    )
     if eye.blur_px > 0.05:
         resized = cv2.GaussianBlur(resized, (0, 0), eye.blur_px)
     img = resized.astype(np.float32) / 255.0
@@ -120,16 +150,20 @@ def simulate(rgb: np.ndarray, eye: Eyepiece, rng: np.random.Generator) -> Simula
     # The stop: a soft dark edge a few pixels wide, then a faint glow of stray light.
     edge = max(2.0, 0.01 * radius)
     stop = np.clip((radius - rr * radius) / edge + 0.5, 0.0, 1.0)
-    light = light * stop + 0.015 * (1 - stop)
+    if eye.surround:
+        light = light * stop + 0.015 * (1 - stop)
     img = img * light[..., None] * np.asarray(eye.cast, np.float32)[None, None, :]
     img = np.clip(img, 0, 1) ** (1.0 / eye.gamma)
     out = img * 255.0
     if eye.noise > 0:
         out = out + rng.normal(0, eye.noise, out.shape).astype(np.float32)
-    out8 = np.clip(out, 0, 255).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", out8[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, eye.jpeg_quality])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    final = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
-    no_stop = radius >= half_diag
+    final = np.clip(out, 0, 255).astype(np.uint8)
+    if eye.jpeg_quality is not None:
+        ok, buf = cv2.imencode(
+            ".jpg", final[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, eye.jpeg_quality]
+        )
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        final = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy()
+    no_stop = radius >= half_diag or not eye.surround
     return Simulated(final, cx, cy, float("inf") if no_stop else radius, w / w0)
