@@ -43,6 +43,22 @@ def test_jpeg_decodes_close_to_original(smear: np.ndarray) -> None:
     assert np.abs(out.astype(int) - smear).mean() < 3
 
 
+@pytest.mark.parametrize("rgb_output", [True, False])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_plain_jpeg_gives_pillows_pixels_with_or_without_opencvs_rgb_output(
+    smear: np.ndarray, mode: str, rgb_output: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OpenCV before 4.10 has no IMREAD_COLOR_RGB: the decode then swaps BGR itself.
+    if not rgb_output:
+        monkeypatch.delattr(cv2, "IMREAD_COLOR_RGB", raising=False)
+    data = _save(Image.fromarray(smear).convert(mode), "JPEG", quality=90)
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    got = load_image(data)
+    assert got.shape == smear.shape and got.flags.c_contiguous and got.flags.writeable
+    assert np.array_equal(got, expected)
+    assert np.abs(got[..., 0].astype(int) - got[..., 2]).max() > 20 or mode == "L"
+
+
 def test_jpeg_draft_decodes_reduced_but_not_below_min_size() -> None:
     big = make_smear(1296, 972, seed=1).image
     data = _save(Image.fromarray(big), "JPEG", quality=90)
