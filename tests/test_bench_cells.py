@@ -44,10 +44,28 @@ def test_bench_prints_every_stage_and_writes_a_report(
     assert figures["decode_full_ms"] <= fixed < figures["total_with_decode_ms"]
     per_cell = figures["inference_per_cell_ms"]
     assert per_cell == pytest.approx(figures["stages_ms"]["inference"] / 7, rel=0.01)
-    assert figures["cells_within_budget"] == cells_within(120.0, fixed, per_cell)
+    crops = figures["stages_ms"]["crops"]
+    assert figures["crops_per_cell_ms"] == pytest.approx(crops / 7, rel=0.01)
+    assert figures["cells_within_budget"] == cells_within(
+        120.0, fixed - crops, per_cell + figures["crops_per_cell_ms"]
+    )
     assert f"| **without inference: decode and every other stage** | **{fixed:.1f}** |" in out
     assert f"| inference per white cell, 2 thread(s) | {per_cell:.2f} |" in out
     assert "meets the 120 ms budget at 2 thread(s)" in out
+
+
+def test_a_calibrated_scale_is_used_as_the_daemon_uses_it(
+    session_cells_bundle: Path, photo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench-cells", "--bundle", str(session_cells_bundle), "--image", str(photo)]
+    assert main([*argv, "--runs", "1", "--px-per-um", "4.2"]) == 0
+    out = capsys.readouterr().out
+    # The analysis runs at the calibration; the red cells still check it (their stage runs).
+    assert "4.2 px/um (calibrated, checked by the red cells)" in out
+    assert "| scale from the red cells |" in out
+    # A calibration the red cells disagree with (by 50%) is a retake, as in the daemon.
+    assert main([*argv, "--runs", "1", "--px-per-um", "6.0"]) == 2
+    assert "is a retake (scale-changed)" in capsys.readouterr().err
 
 
 def test_cells_within_a_budget_counts_whole_cells_after_the_fixed_stages() -> None:

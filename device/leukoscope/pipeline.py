@@ -29,8 +29,9 @@ import numpy as np
 
 from leukoscope.analysis.cells import RETAKE_MESSAGES, CellReport, CellRetake
 from leukoscope.analysis.decision import Verdict
-from leukoscope.analysis.detection import ScaleEstimate, estimate_scale
+from leukoscope.analysis.detection import SCALE_MAX_SIDE, ScaleEstimate, estimate_scale
 from leukoscope.analysis.field_of_view import prepare_field
+from leukoscope.analysis.preprocess import halve
 from leukoscope.analysis.quality import QualityResult, QualityThresholds, RetakeReason, assess
 from leukoscope.config import CameraConfig
 from leukoscope.core.errors import ImageError
@@ -165,16 +166,35 @@ def analyse(
     )
 
 
+def check_halvings(width: int, height: int) -> int:
+    """How many exact halvings bring a photo's long side to `SCALE_MAX_SIDE` or less: the
+    copy a calibrated rig's red cells are measured on (`_scale`)."""
+    k = 0
+    while max(width, height) >> k > SCALE_MAX_SIDE:
+        k += 1
+    return k
+
+
 def _scale(rgb: np.ndarray, px_per_um: float | None, rig: Rig) -> tuple[ScaleEstimate | None, bool]:
     """The scale to analyse at, and whether the red cells contradict the calibration."""
     if px_per_um is not None:
         return ScaleEstimate(float(px_per_um), 0, "given"), False
+    # With a calibration the red cells only check it (against a tolerance of 15%: a changed
+    # zoom or objective), so they are measured on the photo halved exactly (2x2 means, 2-3
+    # ms) instead of on an area copy of 1400 px (about 40 ms of a 5 MP still), which the
+    # scale the analysis uses needs when nothing was calibrated.
+    k = 0 if rig.px_per_um is None else check_halvings(rgb.shape[1], rgb.shape[0])
     try:
-        measured: ScaleEstimate | None = estimate_scale(rgb)
+        measured: ScaleEstimate | None = estimate_scale(halve(rgb, k) if k else rgb)
     except ImageError:
         measured = None
     if rig.px_per_um is None:
         return measured, False
+    if measured is not None and k:
+        # halve() drops an odd last row or column: the copy's own size says its scale.
+        measured = replace(
+            measured, px_per_um=measured.px_per_um * rgb.shape[1] / (rgb.shape[1] >> k)
+        )
     calibrated = ScaleEstimate(rig.px_per_um, 0, "given")
     if measured is None:
         return calibrated, False
