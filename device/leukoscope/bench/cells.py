@@ -200,7 +200,7 @@ def format_report(r: dict[str, Any], image: str) -> str:
 
 def _cells_sentence(r: dict[str, Any]) -> str:
     budget, fixed = r["budget_ms"], r["without_inference_ms"]
-    if fixed >= budget:
+    if r["cells_within_budget"] == 0:
         return (
             f"no field meets the {budget:.0f} ms budget at {r['threads']} thread(s): the stages "
             f"without inference alone take {fixed:.1f} ms"

@@ -161,10 +161,17 @@ def bench_daemon(
         f"trigger to indicator: median {median:.1f} ms (target < {TARGET_MEDIAN_MS:.0f}), "
         f"p95 {_pct(total, 0.95):.1f} ms; peak RSS {rss:.0f} MB (target < {TARGET_RSS_MB:.0f})"
     )
+    crops_per_cell = _per_cell(rows, "crops")
+    crops = statistics.median(float(r["timings_ms"].get("crops", 0)) for r in rows)
+    within = cells_within(TARGET_MEDIAN_MS, fixed - crops, per_cell + crops_per_cell)
     print(
-        f"without inference: median {fixed:.1f} ms; inference per white cell {per_cell:.2f} ms; "
-        f"a field with at most {cells_within(TARGET_MEDIAN_MS, fixed, per_cell)} white cells "
-        f"meets the {TARGET_MEDIAN_MS:.0f} ms target"
+        f"without inference: median {fixed:.1f} ms; per white cell: inference {per_cell:.2f} ms, "
+        f"crops {crops_per_cell:.2f} ms; "
+        + (
+            f"a field with at most {within} white cells meets the {TARGET_MEDIAN_MS:.0f} ms target"
+            if within > 0
+            else f"no field meets the {TARGET_MEDIAN_MS:.0f} ms target"
+        )
     )
     return 0
 
@@ -176,9 +183,14 @@ def without_inference(rows: list[dict[str, Any]]) -> tuple[float, float]:
         float(r["timings_ms"]["trigger_to_indicator"]) - float(r["timings_ms"].get("inference", 0))
         for r in rows
     ]
+    return statistics.median(fixed), _per_cell(rows, "inference")
+
+
+def _per_cell(rows: list[dict[str, Any]], stage: str) -> float:
+    """Median time of `stage` per classified cell over the captures that classified any."""
     per_cell = [
-        float(r["timings_ms"].get("inference", 0)) / n
+        float(r["timings_ms"].get(stage, 0)) / n
         for r in rows
         if (n := int((r.get("cells") or {}).get("n_classified", 0))) > 0
     ]
-    return statistics.median(fixed), statistics.median(per_cell) if per_cell else 0.0
+    return statistics.median(per_cell) if per_cell else 0.0
