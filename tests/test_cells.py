@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from leukoscope.analysis.detection import (
+    DEFAULT_PARAMS,
     WhiteCell,
+    _join_lobes,
     crop_cells,
     detect_white_cells,
     estimate_scale,
@@ -221,3 +223,20 @@ def test_scale_refused_from_specks_in_a_field_of_overlapping_cells() -> None:
         cv2.circle(img, (60 + 90 * k, 480 + 60 * (k % 2)), 6, (218, 140, 152), -1, cv2.LINE_AA)
     with pytest.raises(ImageError, match="cover only"):
         estimate_scale(img)
+
+
+def test_pieces_too_small_for_a_nucleus_are_joined_with_their_neighbours_only() -> None:
+    labels = np.zeros((100, 100), np.int32)
+    labels[10:20, 10:20] = 1  # 100 px: a nucleus at 2 px/um (12 um^2 is 48 px)
+    labels[50:54, 50:54] = 2  # two 16 px lobes 2 px apart: one cell
+    labels[50:54, 56:60] = 3
+    labels[80:83, 80:83] = 4  # a lone 9 px speck: its own piece
+    out = _join_lobes(labels, (labels > 0).astype(np.uint8), 2.0, DEFAULT_PARAMS)
+    assert (out[labels == 1] == 1).all() and (out[labels == 0] == 0).all()
+    lobes = np.unique(out[(labels == 2) | (labels == 3)])
+    speck = np.unique(out[labels == 4])
+    assert lobes.size == 1 and speck.size == 1 and lobes[0] > 4 and speck[0] > 4
+    assert lobes[0] != speck[0]
+    # Nothing small: the labels come back as they are.
+    big = np.where(labels == 1, 1, 0).astype(np.int32)
+    assert _join_lobes(big, (big > 0).astype(np.uint8), 2.0, DEFAULT_PARAMS) is big
