@@ -67,6 +67,24 @@ def auc_ci(
     return (round(float(np.percentile(vals, 2.5)), 4), round(float(np.percentile(vals, 97.5)), 4))
 
 
+def auc_change_ci(
+    y: np.ndarray, before: np.ndarray, after: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float] | None:
+    """95% percentile bootstrap interval of AUC(after) - AUC(before) on the same items
+    (each resample takes the same items for both, so what they share cancels)."""
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        a, b = roc_auc(y[idx], after[idx]), roc_auc(y[idx], before[idx])
+        if a is not None and b is not None:
+            vals.append(a - b)
+    if len(vals) < n_boot // 2:
+        return None
+    return (round(float(np.percentile(vals, 2.5)), 4), round(float(np.percentile(vals, 97.5)), 4))
+
+
 def _r(v: float | None) -> float | None:
     return None if v is None else round(float(v), 4)
 
