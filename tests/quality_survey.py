@@ -3,6 +3,12 @@
 Run: `.venv/bin/python -m tests.quality_survey [DATA_DIR] [--every N]`. Prints, for each
 metric, the range over the real images and over each kind of degraded copy, and every
 real image the default thresholds would refuse. tests/test_quality.py runs it as a test.
+
+`--noise` instead judges focus under sensor noise (models/reports/focus-noise.md): every
+ALL-IDB1 field, sharp and blurred by 0.25 um (3 px of a 5 MP still), with Gaussian noise
+of 0, 2, 4 and 7 levels, each also as JPEG 80: `sharpness` at the field's scale, and the
+live view's `preview_focus` and plain `focus` of the same field shrunk to 320x240 (blurred
+there by 1% of its long side).
 """
 
 from __future__ import annotations
@@ -17,7 +23,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from leukoscope.analysis.quality import QualityMetrics, QualityThresholds, RetakeReason, measure
+from leukoscope.analysis.detection import estimate_scale
+from leukoscope.analysis.quality import (
+    QualityMetrics,
+    QualityThresholds,
+    RetakeReason,
+    measure,
+    preview_focus,
+    sharpness,
+)
 from leukoscope.core.imageio import load_image
 
 #: What each degraded copy must be refused for (any one of the listed reasons).
@@ -109,12 +123,70 @@ def report(results: dict[str, list[tuple[str, QualityMetrics]]], th: QualityThre
     return "\n".join(lines)
 
 
+#: Sensor noise levels (standard deviation, 8-bit levels) of `noise_survey`.
+NOISE_LEVELS = (0, 2, 4, 7)
+
+
+def with_noise(rgb: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
+    """`rgb` with Gaussian noise of `level` levels in each channel of each pixel."""
+    if level == 0:
+        return rgb
+    out = rgb + rng.normal(0.0, level, rgb.shape).astype(np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def as_jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """`rgb` saved as a JPEG of `quality` and decoded again."""
+    ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+
+
+def noise_survey(data: Path) -> str:
+    """Focus measures of sharp and blurred ALL-IDB1 fields with noise (see the module)."""
+    th = QualityThresholds()
+    rows: dict[tuple[str, int, str], list[tuple[float, float, float]]] = {}
+    for i, path in enumerate(sorted((data / "all-idb1").glob("*/*.jpg"))):
+        rgb = load_image(path)
+        scale = estimate_scale(rgb).px_per_um  # the sharp field's: blur moves the ruler
+        for kind in ("sharp", "blurred"):
+            still = rgb if kind == "sharp" else cv2.GaussianBlur(rgb, (0, 0), 0.25 * scale)
+            view = cv2.resize(rgb, (320, 240), interpolation=cv2.INTER_AREA)
+            view = view if kind == "sharp" else cv2.GaussianBlur(view, (0, 0), 3.2)
+            rng = np.random.default_rng(i)
+            for level in NOISE_LEVELS:
+                noisy, frame = with_noise(still, level, rng), with_noise(view, level, rng)
+                for jpeg in ("-", "80"):
+                    if jpeg != "-":
+                        noisy, frame = as_jpeg(noisy, 80), as_jpeg(frame, 80)
+                    rows.setdefault((kind, level, jpeg), []).append(
+                        (sharpness(noisy, scale), preview_focus(frame), measure(frame).focus)
+                    )
+    lines = [
+        f"| field | noise | JPEG | sharpness (passes >= {th.min_sharpness}) "
+        f"| live view (>= {th.min_focus}) | plain focus of the view |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (kind, level, jpeg), vals in sorted(rows.items(), key=lambda kv: kv[0]):
+        cells = []
+        limits = (th.min_sharpness, th.min_focus, th.min_focus)
+        for col, limit in zip(np.array(vals).T, limits, strict=True):
+            passed = int(np.count_nonzero(col >= limit))
+            cells.append(f"{col.min():.3f}-{col.max():.3f} ({passed}/{col.size})")
+        lines.append(f"| {kind} | {level} | {jpeg} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     """Command line entry: print the survey."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("data", nargs="?", type=Path, default=Path("../shared/data"))
     parser.add_argument("--every", type=int, default=1, help="degrade every Nth image")
+    parser.add_argument("--noise", action="store_true", help="focus under sensor noise")
     args = parser.parse_args()
+    if args.noise:
+        print(noise_survey(args.data))
+        return 0
     print(report(survey(args.data, args.every), QualityThresholds()))
     return 0
 

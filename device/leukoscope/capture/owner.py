@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 
-from leukoscope.analysis.quality import measure
+from leukoscope.analysis.quality import preview_focus
 from leukoscope.capture.base import Camera, PreviewFrame, Still
 from leukoscope.config import CameraConfig
 from leukoscope.core.errors import CameraError
@@ -104,7 +104,8 @@ class CameraOwner:
                 rgb = as_rgb8(self.backend.preview(self.cfg.preview_size))
             except CameraError as exc:
                 raise self._failed(exc) from None
-            frame = PreviewFrame(rgb, measure(rgb).focus, time.time())
+            # The noise-corrected score: a noisy frame's grain is not focus.
+            frame = PreviewFrame(rgb, preview_focus(rgb), time.time())
             self._last_preview = frame
             return frame
         finally:

@@ -18,6 +18,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -231,9 +232,11 @@ class DaemonSource:
         bgr = cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)
         ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, PREVIEW_JPEG_QUALITY])
         if ok:
-            # Good enough: focused and exposed (a black frame is not "in focus").
+            # Good enough: focused and exposed (a black frame is not "in focus"), judged on
+            # the frame's noise-corrected focus (a noisy frame's grain is not focus).
             bad = {RetakeReason.TOO_DARK, RetakeReason.TOO_BRIGHT, RetakeReason.OUT_OF_FOCUS}
-            good = not bad & set(self.cfg.quality.check(measure(frame.rgb)))
+            metrics = replace(measure(frame.rgb), focus=frame.focus)
+            good = not bad & set(self.cfg.quality.check(metrics))
             self._preview = Preview(buf.tobytes(), frame.focus, good, False, frame.taken_at)
             self._preview_error = None
         self._first_preview.set()
