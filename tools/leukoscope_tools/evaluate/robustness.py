@@ -195,7 +195,8 @@ def format_report(
         f"- machine: load average {header['load']}, {header['minutes']} minutes",
         "- rig calibration (median red-cell scale of training photos, px/um): "
         + ", ".join(f"{k} {v:.3f}" for k, v in cal.items()),
-        f"- simulator: `leukoscope_tools.data.eyepiece`, one rig per photo (seeded by {SEED} "
+        "- simulator: `leukoscope_tools.data.eyepiece`, one rig per photo (seeded by "
+        f"{header.get('rig_seed', SEED)} "
         "and the photo's place, the same rig under every condition); the calibration is "
         "multiplied by the rig's magnification",
         "- ROC AUC: over the photos decided under that condition; same photos: over those "
@@ -303,11 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--severities", nargs="+", default=["realistic"], choices=sorted(SEVERITIES))
     p.add_argument("--limit", type=int, default=0, help="at most this many photos per source")
+    p.add_argument("--rig-seed", type=int, default=SEED, help="seed of the rigs' draw")
     p.add_argument(
         "--repeat",
         type=int,
         default=1,
-        help="draw the first severity's rigs this many times (seeds 2026, 2027, ...)",
+        help="draw the first severity's rigs this many times (seeds --rig-seed, +1, ...)",
     )
     p.add_argument(
         "--ablate",
@@ -326,17 +328,19 @@ def main(argv: list[str] | None = None) -> int:
     as_taken = run(args.data, bundle, test, cal, None)
     results = {"as taken": summarise(as_taken)}
     for sev in args.severities:
-        results[sev] = summarise(run(args.data, bundle, test, cal, sev), as_taken)
+        outcomes = run(args.data, bundle, test, cal, sev, seed=args.rig_seed)
+        results[sev] = summarise(outcomes, as_taken)
     for k in range(1, args.repeat):
         sev = args.severities[0]
-        outcomes = run(args.data, bundle, test, cal, sev, seed=SEED + k)
-        results[f"{sev}, rigs {SEED + k}"] = summarise(outcomes, as_taken)
+        outcomes = run(args.data, bundle, test, cal, sev, seed=args.rig_seed + k)
+        results[f"{sev}, rigs {args.rig_seed + k}"] = summarise(outcomes, as_taken)
     if args.ablate:
         sev = args.severities[0]
         for effect in EFFECTS:
-            outcomes = run(args.data, bundle, test, cal, sev, remove=effect)
+            outcomes = run(args.data, bundle, test, cal, sev, remove=effect, seed=args.rig_seed)
             results[f"{sev} without {effect}"] = summarise(outcomes, as_taken)
     header = {
+        "rig_seed": str(args.rig_seed),
         "command": " ".join(["python -m leukoscope_tools.evaluate.robustness", *sys.argv[1:]]),
         "bundle": bundle.label,
         "split": str(args.split),
