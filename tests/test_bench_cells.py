@@ -37,8 +37,10 @@ def test_bench_prints_every_stage_and_writes_a_report(
     assert figures["n_found"] == figures["n_classified"] == 7 and figures["threads"] == 2
     assert set(figures["stages_ms"]) == set(STAGES)
     assert all(v > 0 for v in figures["stages_ms"].values())
-    # The total is the wall time of the stages together, not a made-up sum.
-    assert figures["total_ms"] >= 0.8 * sum(figures["stages_ms"].values())
+    # The total is the wall time of the stages together, not a made-up sum (the quality
+    # gate runs beside the analysis, on another thread).
+    stages = figures["stages_ms"]
+    assert figures["total_ms"] >= 0.8 * (sum(stages.values()) - stages["quality"])
     # Without inference: the decode and the other stages, what a field costs before its cells.
     fixed = figures["without_inference_ms"]
     assert figures["decode_full_ms"] <= fixed < figures["total_with_decode_ms"]

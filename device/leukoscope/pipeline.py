@@ -23,10 +23,12 @@ in cells mode).
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from leukoscope.analysis.analysers import Outcome
 from leukoscope.analysis.cells import RETAKE_MESSAGES, CellReport, CellRetake
 from leukoscope.analysis.decision import Verdict
 from leukoscope.analysis.detection import SCALE_MAX_SIDE, ScaleEstimate, estimate_scale
@@ -114,6 +116,7 @@ def analyse(
     gate: bool = True,
     px_per_um: float | None = None,
     rig: Rig | None = None,
+    concurrent: bool = True,
 ) -> Analysis:
     """Gate a decoded RGB photo, then (if it passed) classify it.
 
@@ -126,6 +129,9 @@ def analyse(
             unchecked. Ignored in whole-field mode.
         rig: the rig's calibration: its scale, checked against each photo's red cells,
             and its blank-field reference.
+        concurrent: run the quality gate on another thread while the model's analysis
+            runs (the same answers; False: one after the other, the analysis only when
+            the gate passed).
     """
     rig = rig or Rig()
     t0 = time.perf_counter()
@@ -136,24 +142,46 @@ def analyse(
     if bundle.analyser.needs_scale:
         scale, changed = _scale(prepared.rgb, px_per_um, rig)
         timings["scale"] = _ms(t0)
-    t0 = time.perf_counter()
-    quality = assess(
-        prepared.rgb,
-        thresholds,
-        fov=prepared.fov,
-        taken=rgb if prepared.corrected else None,
-        px_per_um=None if scale is None else scale.px_per_um,
-    )
+
+    def gate_photo() -> QualityResult:
+        t0 = time.perf_counter()
+        result = assess(
+            prepared.rgb,
+            thresholds,
+            fov=prepared.fov,
+            taken=rgb if prepared.corrected else None,
+            px_per_um=None if scale is None else scale.px_per_um,
+        )
+        timings["quality"] = _ms(t0)
+        return result
+
+    # The gate and the model's analysis need nothing of each other: on a second core the
+    # gate runs while the analysis does (the gate's answer is the same; only when it
+    # refuses is the analysis's work thrown away). Not when the refusal is already known.
+    runs_model = not (bundle.analyser.needs_scale and scale is None) and not (gate and changed)
+    outcome: Outcome | None = None
+    failed: Exception | None = None
+    if concurrent and runs_model:
+        pending = _gate_pool().submit(gate_photo)
+        try:
+            outcome = bundle.analyser.analyse(prepared.rgb, scale=scale, fov=prepared.fov)
+        except Exception as exc:  # raised below, unless the gate refuses the photo anyway
+            failed = exc
+        quality = pending.result()
+    else:
+        quality = gate_photo()
+        if runs_model and (quality.ok or not gate):
+            outcome = bundle.analyser.analyse(prepared.rgb, scale=scale, fov=prepared.fov)
     if changed:
         quality = replace(quality, reasons=(*quality.reasons, RetakeReason.SCALE_CHANGED))
-    timings["quality"] = _ms(t0)
     if gate and not quality.ok:
         return Analysis(Verdict.RETAKE, quality, timings_ms=timings)
-    if bundle.analyser.needs_scale and scale is None:
+    if failed is not None:
+        raise failed
+    if outcome is None:  # cells mode without a scale
         return Analysis(
             Verdict.RETAKE, quality, timings_ms=timings, cell_retake=CellRetake.NO_SCALE
         )
-    outcome = bundle.analyser.analyse(prepared.rgb, scale=scale, fov=prepared.fov)
     timings.update(outcome.timings_ms)
     return Analysis(
         outcome.verdict,
@@ -164,6 +192,17 @@ def analyse(
         cells=outcome.cells,
         cell_retake=outcome.cell_retake,
     )
+
+
+_GATE_POOL: ThreadPoolExecutor | None = None
+
+
+def _gate_pool() -> ThreadPoolExecutor:
+    """The one worker thread the quality gate runs on (started on first use)."""
+    global _GATE_POOL
+    if _GATE_POOL is None:
+        _GATE_POOL = ThreadPoolExecutor(1, thread_name_prefix="quality-gate")
+    return _GATE_POOL
 
 
 def check_halvings(width: int, height: int) -> int:
