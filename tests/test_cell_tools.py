@@ -39,7 +39,6 @@ from leukoscope_tools.data.photos import Row, read_table, write_table
 from leukoscope_tools.evaluate.cell_compare import (
     compare,
     is_shipped,
-    paired_auc_diff,
     render,
     spread,
     verdict,
@@ -50,6 +49,7 @@ from leukoscope_tools.evaluate.detection import (
     format_whole_field_split,
     whole_field_split,
 )
+from leukoscope_tools.metrics import paired_auc_diff
 from leukoscope_tools.ship.cells import render_card
 from leukoscope_tools.train.cell_cut import choose_cell_cut
 from leukoscope_tools.train.cells import (

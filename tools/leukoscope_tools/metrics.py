@@ -67,22 +67,26 @@ def auc_ci(
     return (round(float(np.percentile(vals, 2.5)), 4), round(float(np.percentile(vals, 97.5)), 4))
 
 
-def auc_change_ci(
-    y: np.ndarray, before: np.ndarray, after: np.ndarray, n_boot: int = 1000, seed: int = 0
-) -> tuple[float, float] | None:
-    """95% percentile bootstrap interval of AUC(after) - AUC(before) on the same items
-    (each resample takes the same items for both, so what they share cancels)."""
-    y = np.asarray(y)
+def paired_auc_diff(
+    y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """AUC(a) - AUC(b) on the same photos, with a 95% paired bootstrap interval."""
+    base_a, base_b = roc_auc(y, a), roc_auc(y, b)
+    if base_a is None or base_b is None:
+        return {"diff": None, "ci": None}
     rng = np.random.default_rng(seed)
-    vals = []
+    diffs = []
     for _ in range(n_boot):
         idx = rng.integers(0, len(y), len(y))
-        a, b = roc_auc(y[idx], after[idx]), roc_auc(y[idx], before[idx])
-        if a is not None and b is not None:
-            vals.append(a - b)
-    if len(vals) < n_boot // 2:
-        return None
-    return (round(float(np.percentile(vals, 2.5)), 4), round(float(np.percentile(vals, 97.5)), 4))
+        da, db = roc_auc(y[idx], a[idx]), roc_auc(y[idx], b[idx])
+        if da is not None and db is not None:
+            diffs.append(da - db)
+    ci = (
+        [round(float(np.percentile(diffs, 2.5)), 4), round(float(np.percentile(diffs, 97.5)), 4)]
+        if len(diffs) >= n_boot // 2
+        else None
+    )
+    return {"diff": round(base_a - base_b, 4), "ci": ci}
 
 
 def _r(v: float | None) -> float | None:

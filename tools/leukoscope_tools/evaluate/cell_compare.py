@@ -40,7 +40,7 @@ from leukoscope.analysis.cells import CellSettings
 from leukoscope.analysis.decision import Thresholds
 from leukoscope_tools.data.cells import SOURCES, CellSet, PhotoRow, load, y_of
 from leukoscope_tools.evaluate.field import bundle_probs
-from leukoscope_tools.metrics import binary_metrics, choose_band, roc_auc
+from leukoscope_tools.metrics import binary_metrics, choose_band, paired_auc_diff
 from leukoscope_tools.train.cell_cut import choose_cell_cut, trained_sources
 from leukoscope_tools.train.slide import (
     CELL_CUTS,
@@ -235,28 +235,6 @@ def whole_field(
         q = np.where(decided_by, p, np.nan)
         out["test_cells_decided"] = evaluate(test, q, cut, band, TEST_SCOPES)
     return out
-
-
-def paired_auc_diff(
-    y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0
-) -> dict[str, Any]:
-    """AUC(a) - AUC(b) on the same photos, with a 95% paired bootstrap interval."""
-    base_a, base_b = roc_auc(y, a), roc_auc(y, b)
-    if base_a is None or base_b is None:
-        return {"diff": None, "ci": None}
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        da, db = roc_auc(y[idx], a[idx]), roc_auc(y[idx], b[idx])
-        if da is not None and db is not None:
-            diffs.append(da - db)
-    ci = (
-        [round(float(np.percentile(diffs, 2.5)), 4), round(float(np.percentile(diffs, 97.5)), 4)]
-        if len(diffs) >= n_boot // 2
-        else None
-    )
-    return {"diff": round(base_a - base_b, 4), "ci": ci}
 
 
 def spread(values: Sequence[float | None]) -> dict[str, float | None]:

@@ -42,7 +42,7 @@ from leukoscope.model.bundle import Bundle, load_bundle
 from leukoscope.pipeline import Rig, analyse
 from leukoscope_tools.data.eyepiece import EFFECTS, SEVERITIES, draw, simulate, without
 from leukoscope_tools.data.photos import Row, parse_table, select
-from leukoscope_tools.metrics import auc_change_ci, roc_auc
+from leukoscope_tools.metrics import paired_auc_diff, roc_auc
 
 #: Reasons that say the scale or the field could not be had (the issue's "scale or field").
 SCALE_FIELD = {"no-scale", "scale-changed"}
@@ -152,7 +152,7 @@ def summarise(outcomes: list[Outcome], base: list[Outcome] | None = None) -> dic
             if y.any() and not y.all():
                 before = np.array([base[i].score for i in both], np.float64)
                 after = np.array([outcomes[i].score for i in both], np.float64)
-                ci = auc_change_ci(y, before, after)
+                ci = paired_auc_diff(y, after, before)["ci"]
             out["change_same_photos_ci"] = ci
         return out
 
