@@ -6,8 +6,11 @@ cut by the frame's edges), vignetting towards the rim, the lamp's colour, a gamm
 own, another scale (eyepiece, camera lens and zoom), slight defocus, sensor noise and
 JPEG. `simulate()` applies these in the order light meets them, with every setting drawn
 from a seeded generator at one of three severities, and returns the true field and scale
-so the analysis can be checked against them. Used for training-time augmentation and for
-the robustness report (field-level results with and without the simulator, side by side).
+so the analysis can be checked against them. Used by the robustness report (field-level
+results with and without the simulator, side by side; `without` takes one effect away to
+say what it costs) and the eyepiece tests. Not (yet) used to train: the classifier's
+training crops get the change of lab (`data.cell_augment`) instead, whose blur is smaller
+than this simulator's on coarse photos (see `models/reports/eyepiece-robustness.md`).
 """
 
 from __future__ import annotations
