@@ -219,6 +219,39 @@ def test_lab_jitter_is_seeded_keeps_shape_and_changes_the_look() -> None:
     assert np.abs(same - x).max() <= 3
 
 
+def test_coarse_camera_takes_the_fine_detail_a_coarse_defocused_camera_cannot_see() -> None:
+    # A crop of 1 px stripes (24 um wide: 5.3 px/um) seen by a 1.5-3 px/um camera that
+    # blurs by 0.3-1.2 of its own pixels keeps its mean but loses nearly all of its stripes.
+    stripes = np.zeros((4, 128, 128, 3), np.uint8)
+    stripes[:, :, ::2] = 200
+    stripes[:, :, 1::2] = 60
+    only_camera = LabJitter(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, camera_share=1.0, camera_noise=0)
+    seen = lab_jitter(stripes, np.random.default_rng(3), only_camera)
+    assert seen.shape == stripes.shape and seen.dtype == np.uint8
+    assert np.array_equal(seen, lab_jitter(stripes, np.random.default_rng(3), only_camera))
+    row = seen[:, 64, 20:108].astype(float)
+    assert (np.abs(np.diff(row, axis=1)).mean()) < 0.1 * 140
+    assert abs(seen.astype(float).mean() - 130) < 15
+    # Off (the default), the same seed gives the same crops as before the option existed:
+    # no draw is spent on it.
+    x = np.random.default_rng(1).integers(60, 200, (6, 32, 32, 3), dtype=np.uint8)
+    off = LabJitter(gamma=0.0, camera_share=0.0)
+    assert np.array_equal(
+        lab_jitter(x, np.random.default_rng(7)), lab_jitter(x, np.random.default_rng(7), off)
+    )
+
+
+def test_gamma_brightens_or_darkens_the_mid_tones_and_keeps_black_and_white() -> None:
+    grey = np.full((64, 8, 8, 3), 128, np.uint8)
+    grey[:, 0, 0] = 0
+    grey[:, 0, 1] = 255
+    only_gamma = LabJitter(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, gamma=0.3)
+    out = lab_jitter(grey, np.random.default_rng(5), only_gamma).astype(int)
+    mids = out[:, 4, 4, 0]
+    assert mids.min() < 115 and mids.max() > 140  # both ways across 64 draws
+    assert (out[:, 0, 0] <= 3).all() and (out[:, 0, 1] >= 252).all()
+
+
 def test_cell_weights_balance_labels_within_each_source() -> None:
     cs = _fake_set(60)
     idx = select(cs, "train", ["all-idb1", "kaggle-all"], per_photo=0, seed=0)

@@ -12,7 +12,15 @@ draw of each (seeded), so the classifier cannot lean on any one lab's look:
   glass);
 - blur: a Gaussian of up to 1.5 px on a share of crops (a lower or defocused objective);
 - noise: Gaussian, up to 6 grey levels;
-- JPEG at quality 40-95 on a share of crops.
+- JPEG at quality 40-95 on a share of crops;
+- optionally (off by default, `gamma`): the camera's gamma, 1/(1 +- this);
+- optionally (off by default, `camera_share`): a share of crops photographed again by a
+  coarse camera, as a Pi on an eyepiece or a 224x224 photo sees a cell: shrunk to
+  1.5-3 px/um, blurred there by 0.3-1.2 of its pixels (defocus in micrometres, not crop
+  pixels: up to 0.8 um), noise and JPEG at that scale, enlarged back and filtered again
+  with the paper's filters, as the device cuts such a photo's crops. These crops skip
+  the crop-scale blur, noise and JPEG above. The eyepiece simulator's realistic rigs blur
+  kaggle-all's photos by up to 0.75 um, beyond the 0.3 um the crop-scale blur reaches.
 
 Crops arrive as the device makes them (white-balanced, filtered); the jitter is applied
 on top, to training crops only.
@@ -24,6 +32,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from leukoscope.analysis.preprocess import PreprocessParams, filter_paper
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,13 @@ class LabJitter:
     noise_sigma: float = 6.0
     jpeg_share: float = 0.3
     jpeg_quality: tuple[int, int] = (40, 95)
+    gamma: float = 0.0  # 1/gamma with gamma in 1 +- this (0: off)
+    camera_share: float = 0.0  # share of crops photographed again by a coarse camera
+    camera_px_per_um: tuple[float, float] = (1.5, 3.0)
+    camera_blur_px: tuple[float, float] = (0.3, 1.2)  # in the coarse camera's pixels
+    camera_noise: float = 4.0
+    camera_jpeg: tuple[int, int] = (75, 92)
+    crop_um: float = 24.0
 
 
 def _stain(img: np.ndarray, rng: np.random.Generator, p: LabJitter) -> np.ndarray:
@@ -52,7 +69,34 @@ def _stain(img: np.ndarray, rng: np.random.Generator, p: LabJitter) -> np.ndarra
     out = rgb.astype(np.float32) * rng.uniform(1 - p.channel_gain, 1 + p.channel_gain, 3)
     mean = out.mean()
     out = (out - mean) * rng.uniform(1 - p.contrast, 1 + p.contrast) + mean
-    return out * rng.uniform(1 - p.brightness, 1 + p.brightness)
+    out = out * rng.uniform(1 - p.brightness, 1 + p.brightness)
+    if p.gamma:
+        g = rng.uniform(1 - p.gamma, 1 + p.gamma)
+        out = 255.0 * (np.clip(out, 0, 255) / 255.0) ** (1.0 / g)
+    return out
+
+
+_FILTERS = PreprocessParams()
+
+
+def _coarse_camera(img: np.ndarray, rng: np.random.Generator, p: LabJitter) -> np.ndarray:
+    """`img` (float, 0-255) as a coarser, slightly defocused camera sees it; float out."""
+    side = img.shape[0]
+    s = max(8, round(p.crop_um * rng.uniform(*p.camera_px_per_um)))
+    tiny = cv2.resize(np.clip(img, 0, 255).astype(np.float32), (s, s), interpolation=cv2.INTER_AREA)
+    tiny = cv2.GaussianBlur(tiny, (0, 0), float(rng.uniform(*p.camera_blur_px)))
+    if p.camera_noise:
+        sigma = np.float32(rng.uniform(0, p.camera_noise))
+        tiny = tiny + sigma * rng.standard_normal(tiny.shape, dtype=np.float32)
+    small = np.clip(tiny + 0.5, 0, 255).astype(np.uint8)
+    if p.jpeg_share and rng.random() < p.jpeg_share:
+        q = int(rng.integers(p.camera_jpeg[0], p.camera_jpeg[1] + 1))
+        ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, q])
+        if ok:
+            small = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    big = cv2.resize(small, (side, side), interpolation=cv2.INTER_LINEAR)
+    # The device filters the enlarged crop (median, sharpen): so does this.
+    return filter_paper(big, _FILTERS).astype(np.float32)
 
 
 def _zoom(img: np.ndarray, factor: float) -> np.ndarray:
@@ -73,6 +117,9 @@ def lab_jitter(x: np.ndarray, rng: np.random.Generator, p: LabJitter = LabJitter
         if p.scale:
             img = _zoom(img, float(rng.uniform(1 - p.scale, 1 + p.scale)))
         f = _stain(img, rng, p)
+        if p.camera_share and rng.random() < p.camera_share:
+            out[i] = np.clip(_coarse_camera(f, rng, p) + 0.5, 0, 255).astype(np.uint8)
+            continue
         if p.blur_share and rng.random() < p.blur_share:
             f = cv2.GaussianBlur(f, (0, 0), float(rng.uniform(0.5, p.blur_sigma)))
         if p.noise_sigma:

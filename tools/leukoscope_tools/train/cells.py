@@ -84,6 +84,11 @@ class CellTrainConfig:
     #: Share of training crops shrunk to `lowmag_px_per_um` and back (0: off).
     lowmag: float = 0.0
     lowmag_px_per_um: float = 2.2
+    #: The change of lab's camera gamma, 1/(1 +- this) (0: off).
+    gamma: float = 0.0
+    #: Share of crops photographed again by a coarse, slightly defocused camera (0: off;
+    #: `cell_augment.LabJitter.camera_share`).
+    camera: float = 0.0
     #: Validation crops drawn at most (seeded), to keep each epoch's check cheap.
     max_val: int = 800
     #: Splits of the sources it is NOT trained on that are scored (cross-source test).
@@ -264,7 +269,7 @@ def fit(cs: CellSet, cfg: CellTrainConfig) -> CellRun:
         w = cell_weights(cs, idx) * np.where(hard, np.float32(cfg.hard_weight), np.float32(1.0))
         xb = symmetries(np.asarray(cs.crops[idx]), rng)
         if cfg.jitter:
-            xb = lab_jitter(xb, rng, LabJitter())
+            xb = lab_jitter(xb, rng, LabJitter(gamma=cfg.gamma, camera_share=cfg.camera))
         xb = lower_magnification(xb, rng, cfg.lowmag, cfg.lowmag_px_per_um)
         return Batch(normalise(xb, PRE), y_all[idx], (w / w.mean()).astype(np.float32))
 
@@ -362,6 +367,17 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--kaggle-per-photo", type=int, default=CellTrainConfig.kaggle_per_photo)
     ap.add_argument("--lowmag", type=float, default=0.0)
     ap.add_argument(
+        "--gamma", type=float, default=0.0, help="camera gamma in 1/(1 +- this) (default 0: off)"
+    )
+    ap.add_argument(
+        "--camera",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of crops photographed again by a coarse (1.5-3 px/um), slightly defocused "
+        "(0.3-1.2 of its px) camera with its noise and JPEG (default 0: off)",
+    )
+    ap.add_argument(
         "--average-last",
         type=int,
         default=0,
@@ -389,6 +405,8 @@ def run_command(args: argparse.Namespace) -> int:
         epoch_size=args.epoch_size,
         kaggle_per_photo=args.kaggle_per_photo,
         lowmag=args.lowmag,
+        gamma=args.gamma,
+        camera=args.camera,
         cross_splits=list(args.cross_splits),
         average_last=args.average_last,
     )
