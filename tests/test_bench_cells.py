@@ -70,6 +70,21 @@ def test_a_calibrated_scale_is_used_as_the_daemon_uses_it(
     assert "is a retake (scale-changed)" in capsys.readouterr().err
 
 
+def test_a_fine_calibration_is_benched_at_the_half_size_decode_the_daemon_uses(
+    session_cells_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "fine.jpg"
+    img = make_smear(1200, 900, n_wbc=4, n_blasts=2, px_per_um=12.0, seed=8).image
+    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    argv = ["bench-cells", "--bundle", str(session_cells_bundle), "--image", str(path)]
+    assert main([*argv, "--runs", "1", "--px-per-um", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "1200x900 (decoded at half size, 600x450, as the calibration allows); 6.0 px/um" in out
+    assert "| JPEG decode, half size |" in out and "(JPEG decode at full size, for" in out
+    assert main([*argv, "--runs", "1"]) == 0  # uncalibrated: full size
+    assert "1200x900 (decoded at full size)" in capsys.readouterr().out
+
+
 def test_cells_within_a_budget_counts_whole_cells_after_the_fixed_stages() -> None:
     assert cells_within(120.0, 60.0, 4.7) == 12  # 60 ms left, 12 x 4.7 = 56.4
     assert cells_within(120.0, 115.0, 4.7) == 1

@@ -135,11 +135,10 @@ class CellAnalyser:
 
     #: The smallest decode the model can use: None, the full resolution. A nucleus is a
     #: few micrometres across and the crop of `crop_um` (24 um) must fill the model's
-    #: 128 px: at the 5.9 px/um of a 5 MP ALL-IDB1 still the crop is 141 px at full size
-    #: but 71 px at half size, i.e. upsampled, with the chromatin detail the classifier
-    #: reads interpolated away. The scale is only known after decoding (red cells), so no
-    #: smaller size can be chosen safely beforehand; full-size decoding costs about 2-3x
-    #: a half-size decode (see `leukoscope bench-cells`).
+    #: 128 px (`min_px_per_um`): a crop upsampled to it has the chromatin detail the
+    #: classifier reads interpolated away. A photo's measured scale is only known after
+    #: decoding (red cells); a calibrated rig's is known before, and the pipeline decodes
+    #: its stills at half size where that still fills the crops (`pipeline.decode_reduction`).
     model_size: ClassVar[None] = None
     #: The smallest decode for the gate and the model: the full resolution too.
     gated_size: ClassVar[None] = None
@@ -147,6 +146,11 @@ class CellAnalyser:
     def decode(self, source: Path | bytes) -> np.ndarray:
         """Decode an image file at full resolution, as 8-bit RGB."""
         return load_image(source)
+
+    @property
+    def min_px_per_um(self) -> float:
+        """The coarsest scale whose crops of `crop_um` still fill the model's input."""
+        return max(self.params.input_size) / self.settings.crop_um
 
     def analyse_cells(
         self,

@@ -65,7 +65,7 @@ from leukoscope.core.errors import (
 )
 from leukoscope.model.bundle import Bundle, load_bundle
 from leukoscope.model.manifest import SampleSpec, sample_spec
-from leukoscope.pipeline import analyse, decode_size, load_rig
+from leukoscope.pipeline import analyse, decode_reduction, decode_size, load_rig
 
 logger = logging.getLogger(__name__)
 
@@ -612,15 +612,17 @@ class Daemon:
             timings["capture"] = _ms(t0)
             timings["exposure"] = round(still.exposure_s * 1000.0, 2)
             t0 = time.perf_counter()
-            rgb = decode_still(still, decode_size(self.bundle))
+            # cells mode decodes stills at full size, the size the scale is calibrated at,
+            # or at half size where the calibration allows (analysed at half its scale)
+            reduction = decode_reduction(self.bundle, self.rig)
+            rgb = decode_still(still, decode_size(self.bundle), reduction)
             timings["decode"] = _ms(t0)
             analysis = analyse(
                 rgb,
                 self.bundle,
                 self.cfg.quality,
                 gate=self.cfg.quality_enabled,
-                # cells mode decodes stills at full size, the size the scale is calibrated at
-                rig=self.rig,
+                rig=self.rig.reduced(reduction),
             )
             if ticket.in_sample:
                 t0 = time.perf_counter()

@@ -65,17 +65,25 @@ class Camera(Protocol):
         """Release the camera (idempotent)."""
 
 
-def decode_still(still: Still, min_size: tuple[int, int] | None = None) -> np.ndarray:
-    """The still's RGB pixels (decoding its file at reduced scale when allowed).
+def decode_still(
+    still: Still, min_size: tuple[int, int] | None = None, reduce: int = 1
+) -> np.ndarray:
+    """The still's RGB pixels (decoding its file at reduced scale when allowed): at least
+    `min_size`, or at 1/`reduce` of the full size (`load_image`'s arguments).
 
     Raises:
         ImageError: the camera delivered something that is not a usable image.
     """
     if still.rgb is not None:
-        return _reduce(as_rgb8(still.rgb), min_size)
+        rgb = _reduce(as_rgb8(still.rgb), min_size)
+        if reduce > 1:  # the size a JPEG's reduced decode gives, by area means
+            h, w = rgb.shape[:2]
+            size = (-(-w // reduce), -(-h // reduce))
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        return rgb
     if still.data is None:
         raise CameraError(f"{still.source}: the camera returned no image")
-    return load_image(still.data, min_size=min_size)
+    return load_image(still.data, min_size=min_size, reduce=reduce)
 
 
 def _reduce(rgb: np.ndarray, min_size: tuple[int, int] | None) -> np.ndarray:

@@ -53,7 +53,20 @@ def _read_bytes(source: Source) -> tuple[bytes, str]:
         raise ImageError(f"{name}: cannot read: {exc.strerror}") from None
 
 
-def load_image(source: Source, *, min_size: tuple[int, int] | None = None) -> np.ndarray:
+#: The whole factors `load_image(reduce=...)` decodes at (a JPEG's own DCT scaling).
+REDUCTIONS = (1, 2, 4, 8)
+#: OpenCV's reduced-decode bits for each factor, without its colour bit (added apart).
+_CV_REDUCED = {
+    1: 0,
+    2: cv2.IMREAD_REDUCED_COLOR_2 ^ cv2.IMREAD_COLOR,
+    4: cv2.IMREAD_REDUCED_COLOR_4 ^ cv2.IMREAD_COLOR,
+    8: cv2.IMREAD_REDUCED_COLOR_8 ^ cv2.IMREAD_COLOR,
+}
+
+
+def load_image(
+    source: Source, *, min_size: tuple[int, int] | None = None, reduce: int = 1
+) -> np.ndarray:
     """Decode an image file (or its bytes) into an HxWx3 uint8 RGB array.
 
     EXIF orientation is applied; grey, alpha (composited on white), palette and
@@ -64,11 +77,19 @@ def load_image(source: Source, *, min_size: tuple[int, int] | None = None) -> np
         min_size: (width, height) the caller will shrink to anyway. A JPEG may
             then be decoded at a reduced scale (1/2, 1/4 or 1/8) no smaller than
             this, which is several times faster for 5-megapixel stills.
+        reduce: decode at 1/`reduce` of the full size in each direction (1, 2, 4 or 8;
+            the sides rounded up, as libjpeg does): a JPEG through its own reduced
+            decode, any other image by an area resize to the same size. For a caller
+            that knows the scale it needs before decoding (a calibrated rig).
 
     Raises:
         ImageError: the file is missing, empty, not an image, of an unsupported
             format, truncated or corrupt, or absurdly large; the message says which.
     """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, not {reduce}")
+    if reduce > 1 and min_size is not None:
+        raise ValueError("give min_size or reduce, not both")
     data, name = _read_bytes(source)
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
@@ -96,9 +117,12 @@ def load_image(source: Source, *, min_size: tuple[int, int] | None = None) -> np
             f"(limit {MAX_PIXELS})"
         )
     if min_size is None and img.format == "JPEG":
-        fast = _decode_plain_jpeg(img, data)
+        fast = _decode_plain_jpeg(img, data, reduce)
         if fast is not None:
             return fast
+    reduced = (-(-width // reduce), -(-height // reduce))
+    if reduce > 1 and img.format in {"JPEG", "MPO"}:
+        min_size = reduced  # draft's 1/reduce scale: the same pixels as OpenCV's
     if min_size is not None and img.format in {"JPEG", "MPO"}:
         img.draft("RGB", min_size)
     try:
@@ -110,17 +134,23 @@ def load_image(source: Source, *, min_size: tuple[int, int] | None = None) -> np
         raise ImageError(f"{name}: decompression bomb refused ({exc})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{name}: truncated or corrupt image data ({exc})") from None
-    return _to_rgb8(upright)
+    rgb = _to_rgb8(upright)
+    if reduce > 1 and img.size != reduced:  # not a JPEG: the same size by area means
+        if upright.size != img.size:  # rotated by its EXIF tag
+            reduced = reduced[::-1]
+        rgb = cv2.resize(rgb, reduced, interpolation=cv2.INTER_AREA)
+    return rgb
 
 
-def _decode_plain_jpeg(img: Image.Image, data: bytes) -> np.ndarray | None:
+def _decode_plain_jpeg(img: Image.Image, data: bytes, reduce: int = 1) -> np.ndarray | None:
     """A complete colour or grey JPEG with no rotation, decoded by OpenCV; else None.
 
     The same libjpeg-turbo decode as Pillow's (the same pixels), written straight into
     one array: Pillow's path holds the photo three or four times over on the way (its
     own 4-byte pixels, the bytes, the array), which for a 12 MP still is 150 MB and a
     third of the time. Anything else (a cut-off file, CMYK, EXIF rotation) is left to
-    Pillow, which applies the rotation and names the fault.
+    Pillow, which applies the rotation and names the fault. `reduce` > 1: libjpeg-turbo's
+    reduced decode, the same pixels as Pillow's draft mode at that scale.
     """
     if img.mode not in {"RGB", "L"} or not data.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
         return None
@@ -130,8 +160,9 @@ def _decode_plain_jpeg(img: Image.Image, data: bytes) -> np.ndarray | None:
     # same pixels as BGR then a channel swap, without that pass: 3-5 ms of a 5 MP still).
     as_rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)
     flags = (cv2.IMREAD_COLOR if as_rgb is None else as_rgb) | cv2.IMREAD_IGNORE_ORIENTATION
-    out = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if out is None or out.shape[:2] != (img.height, img.width):
+    out = cv2.imdecode(np.frombuffer(data, np.uint8), flags | _CV_REDUCED[reduce])
+    size = (-(-img.height // reduce), -(-img.width // reduce))
+    if out is None or out.shape[:2] != size:
         return None
     rgb: np.ndarray = out if as_rgb is not None else cv2.cvtColor(out, cv2.COLOR_BGR2RGB, dst=out)
     return rgb
