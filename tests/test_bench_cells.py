@@ -10,8 +10,9 @@ import cv2
 import pytest
 
 from leukoscope.bench.cells import STAGES, cells_within
-from leukoscope.bench.daemon import without_inference
+from leukoscope.bench.daemon import _config, _decoded, without_inference
 from leukoscope.cli.main import main
+from leukoscope.config import load_config
 from leukoscope.core.synthetic import make_smear
 
 
@@ -128,3 +129,15 @@ def test_bench_refuses_a_photo_that_is_a_retake(
     argv += ["--runs", "1"]
     assert main(argv) == 2
     assert "is a retake (no-white-cells)" in capsys.readouterr().err
+
+
+def test_bench_daemon_passes_the_calibration_and_says_what_size_it_decoded(tmp_path: Path) -> None:
+    cfg = load_config(_config(tmp_path, tmp_path / "bundle", 12.0))
+    assert cfg.camera.px_per_um == 12.0
+    assert load_config(_config(tmp_path, tmp_path / "bundle")).camera.px_per_um is None
+    half = [{"cells": {"image_size": [1296, 972]}}] * 3
+    assert _decoded(half, (2592, 1944), 12.0) == (
+        "calibrated 12.0 px/um; stills decoded at 1296x972, reduced"
+    )
+    full: list[dict[str, Any]] = [{"cells": {"image_size": [2592, 1944]}}, {"cells": None}]
+    assert _decoded(full, (2592, 1944), None) == "no calibration; stills decoded at full size"

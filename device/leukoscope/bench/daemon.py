@@ -59,11 +59,13 @@ def _stills(folder: Path, size: tuple[int, int] = STILL_SIZE, n: int = 4) -> Non
             cv2.imwrite(str(path), bgr, [cv2.IMWRITE_JPEG_QUALITY, 92])
 
 
-def _config(work: Path, bundle: Path) -> Path:
+def _config(work: Path, bundle: Path, px_per_um: float | None = None) -> Path:
     cfg = work / "bench.toml"
+    calibration = "" if px_per_um is None else f"px_per_um = {px_per_um}\n"
     cfg.write_text(
         f'[paths]\nstate_dir = "{work / "state"}"\nbundle = "{bundle.absolute()}"\n'
-        f'[camera]\nbackend = "replay"\n[camera.replay]\nfolder = "{work / "stills"}"\n'
+        f'[camera]\nbackend = "replay"\n{calibration}'
+        f'[camera.replay]\nfolder = "{work / "stills"}"\n'
         '[gpio]\npin_factory = "mock"\n[indicator]\nbeep = false\n'
         '[retention]\nmin_free_mb = 10\n[daemon]\nlog_level = "warning"\n'
         "[web]\nenabled = false\n"
@@ -100,13 +102,15 @@ def bench_daemon(
     captures: int = 40,
     workdir: Path | None = None,
     size: tuple[int, int] = STILL_SIZE,
+    px_per_um: float | None = None,
 ) -> int:
-    """Run the benchmark on stills of `size` (width, height); print its figures; exit code."""
+    """Run the benchmark on stills of `size` (width, height); print its figures; exit code.
+    `px_per_um`: the rig's calibration in the daemon's config (the stills are 12 px/um)."""
     with tempfile.TemporaryDirectory(prefix="leukoscope-bench-") as tmp:
         work = Path(workdir or tmp)
         print(f"generating {size[0]}x{size[1]} replay stills in {work / 'stills'}")
         _stills(work / "stills", size)
-        cfg = _config(work, bundle)
+        cfg = _config(work, bundle, px_per_um)
         sock = work / "state" / "control.sock"
         proc = subprocess.Popen(
             [sys.executable, "-m", "leukoscope.cli.main", "run", "--config", str(cfg)]
@@ -142,6 +146,7 @@ def bench_daemon(
         f"\n{len(rows)} captures of {size[0]}x{size[1]} JPEG stills, outcomes "
         f"{outcomes}, model {rows[0]['model_name']} {rows[0]['model_version']}"
     )
+    print(_decoded(rows, size, px_per_um))
     print(f"{'stage':24s}{'median ms':>12s}{'p95 ms':>10s}")
     for stage in (*STAGES, "encode"):
         vals = [float(r["timings_ms"].get(stage, 0.0)) for r in rows]
@@ -174,6 +179,17 @@ def bench_daemon(
         )
     )
     return 0
+
+
+def _decoded(rows: list[dict[str, Any]], size: tuple[int, int], px_per_um: float | None) -> str:
+    """The size the daemon decoded the stills at, as its records say (cells mode)."""
+    calibration = "no calibration" if px_per_um is None else f"calibrated {px_per_um} px/um"
+    sizes = {tuple((r.get("cells") or {}).get("image_size") or ()) for r in rows} - {()}
+    if len(sizes) != 1:
+        return f"{calibration}; decoded size not recorded"
+    w, h = sizes.pop()
+    at = "full size" if (w, h) == size else f"{w}x{h}, reduced"
+    return f"{calibration}; stills decoded at {at}"
 
 
 def without_inference(rows: list[dict[str, Any]]) -> tuple[float, float]:

@@ -15,7 +15,13 @@ from leukoscope.analysis.reasons import reason_text
 from leukoscope.app import EXIT_CONFIG, run
 from leukoscope.appliance.control import request
 from leukoscope.bench.daemon import STILL_SIZE, bench_daemon, parse_size
-from leukoscope.cli.args import add_config_argument, one_line, positive_int, positive_seconds
+from leukoscope.cli.args import (
+    add_config_argument,
+    one_line,
+    positive_int,
+    positive_seconds,
+    px_per_um_arg,
+)
 from leukoscope.cli.sample import sample_line
 from leukoscope.config import Config, config_path, load_config
 from leukoscope.core.errors import ConfigError, LeukoscopeError
@@ -230,7 +236,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_bench_daemon(args: argparse.Namespace) -> int:
     """Time the real daemon on replay stills (see leukoscope.bench.daemon)."""
-    return bench_daemon(args.bundle, captures=args.captures, workdir=args.workdir, size=args.size)
+    return bench_daemon(
+        args.bundle,
+        captures=args.captures,
+        workdir=args.workdir,
+        size=args.size,
+        px_per_um=args.px_per_um,
+    )
 
 
 def _still_size(text: str) -> tuple[int, int]:
@@ -292,5 +304,13 @@ def add_subcommands(sub: Any) -> None:
         default=STILL_SIZE,
         metavar="WxH",
         help="the stills' size (default 2592x1944; 4056x3040 for the HQ camera's 12 MP)",
+    )
+    p.add_argument(
+        "--px-per-um",
+        type=px_per_um_arg,
+        default=None,
+        metavar="SCALE",
+        help="the rig's calibration in the daemon's config (the stills are 12 px/um; "
+        "a calibrated rig may decode them at half size)",
     )
     p.set_defaults(func=cmd_bench_daemon)
